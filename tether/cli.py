@@ -1,0 +1,421 @@
+"""The command line: argument parsing, output for humans and scripts, exit codes.
+
+The only module that prints for humans or exits. Library code raises
+`TetherError`s; `main` turns them into one `tether: error: ...` line and the
+exit code SPEC assigns (2 bad input, 3 not bound, 4 verification, 6 lock,
+77 no update with --check). Host options (`--sysroot`, `--stateroot`,
+`--lock-timeout`) are accepted before or after the command name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tether.errors import NoUpdateError, TetherError, UsageError
+
+PROG = "tether"
+
+DESCRIPTION = """\
+tether ships the configuration an ostree-based OS needs beside its tree (kernel
+arguments, files in /etc, units, locale, timezone, hostname, sysctl, hooks) as a
+bundle: an ostree ref of its own, bound to the OS commits it was tested with. An
+upgrade pulls both, composes one commit, deploys it, runs the bundle's deploy
+steps inside the new deployment, and only then makes it the default.
+"""
+
+EPILOG = """\
+exit codes:
+  0   done, or nothing to do
+  1   failed
+  2   bad usage or invalid input (nothing changed)
+  3   the bundle is bound to no OS commit that can be found (nothing changed)
+  4   signature, ref binding or integrity check failed, or a downgrade (nothing changed)
+  6   another operation holds the sysroot lock past --lock-timeout
+  77  upgrade --check: no update available
+
+Offline sysroots (--sysroot DIR): there is no booted deployment, so the merge
+deployment is the default one of the stateroot, and --reboot is refused.
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _host_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # on subcommands the defaults are suppressed so a value given before the
+    # command name is not overwritten by the subcommand's default
+    default: Any = argparse.SUPPRESS if not top else None
+    group = parser.add_argument_group("host options")
+    group.add_argument(
+        "--sysroot",
+        type=Path,
+        default=default if not top else Path("/"),
+        metavar="PATH",
+        help="the sysroot to operate on (default: /, the booted system)",
+    )
+    group.add_argument(
+        "--stateroot",
+        "--os",
+        dest="stateroot",
+        default=default,
+        metavar="NAME",
+        help="the stateroot (default: the booted one, else the only or default one)",
+    )
+    group.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=default if not top else 300.0,
+        metavar="SECONDS",
+        help="how long to wait for another operation's sysroot lock (default: 300)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every command run and more detail")
+    _host_options(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, help: str, description: str, host: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help,
+            description=textwrap.dedent(description),
+            epilog=EPILOG,
+            formatter_class=_Formatter,
+        )
+        if host:
+            _host_options(sub, top=False)
+        return sub
+
+    bundle = command(
+        "bundle", "validate, build and list bundles", "Work with bundle directories and refs.", False
+    )
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", metavar="COMMAND")
+    check = bundle_commands.add_parser(
+        "check",
+        help="validate a bundle directory",
+        description="Validate a bundle; errors name file:line:key.",
+    )
+    check.add_argument("directory", type=Path, metavar="DIR")
+    build = bundle_commands.add_parser(
+        "build",
+        help="commit a bundle with its binding",
+        description=textwrap.dedent(
+            """\
+            Commit the bundle directory DIR to REPO under REF, bound to the OS commits given
+            by --bind (a checksum or a ref in REPO), --bind-ref and the manifest's os-commits.
+            Binding to a commit REPO does not have is refused. The repo summary is updated."""
+        ),
+        formatter_class=_Formatter,
+    )
+    build.add_argument("directory", type=Path, metavar="DIR")
+    build.add_argument("--repo", type=Path, required=True, metavar="REPO")
+    build.add_argument("--ref", required=True, metavar="REF")
+    build.add_argument(
+        "--bind", action="append", default=[], metavar="COMMIT", help="an OS commit (repeatable)"
+    )
+    build.add_argument("--bind-ref", metavar="REF", help="bind to the commit REF points to in REPO")
+    listing = bundle_commands.add_parser(
+        "list", help="bundle refs, versions and bindings", description="List the bundle refs of a repository."
+    )
+    listing.add_argument("--repo", type=Path, required=True, metavar="REPO")
+    listing.add_argument("--os", metavar="COMMIT", help="only bundles bound to this OS commit")
+    listing.add_argument("--json", action="store_true")
+
+    comp = command(
+        "compose",
+        "make (or find) the composed commit of an OS and a bundle",
+        """\
+        Compose OS commit + bundle commit into one commit in REPO and print its checksum as
+        the last word. The same inputs give the same checksum; a repeat is a cache hit.""",
+        False,
+    )
+    comp.add_argument("--repo", type=Path, required=True, metavar="REPO")
+    comp.add_argument("--os", required=True, metavar="REV", help="the OS commit or ref")
+    comp.add_argument("--bundle", required=True, metavar="REV", help="the bundle commit or ref")
+
+    inst = command(
+        "install",
+        "first installation into a sysroot",
+        """\
+        Install a product into a sysroot (initialised if empty): add the remote, pull the bundle
+        and the OS commit it is bound to, compose, deploy, run the deploy steps, make it the
+        default. No boot loader is installed: boot loader entries are written as ostree writes
+        them. Give --gpg-import KEYFILE (signatures required) or --no-gpg-verify.""",
+    )
+    inst.add_argument("--remote", required=True, metavar="NAME=URL", help="the remote to pull from")
+    inst.add_argument(
+        "--bundle", required=True, metavar="NAME:REF", help="the product's bundle ref on remote NAME"
+    )
+    inst.add_argument(
+        "--karg", action="append", default=[], metavar="ARG", help="a machine karg (repeatable)"
+    )
+    inst.add_argument("--gpg-import", action="append", default=[], type=Path, metavar="KEYFILE")
+    inst.add_argument("--no-gpg-verify", action="store_true", help="do not require signatures")
+
+    upg = command(
+        "upgrade",
+        "move to the newest OS + bundle pair",
+        """\
+        Pull the bundle ref, then the OS commit it selects (the OS ref's commit if the bundle
+        is bound to it, else the newest bound commit), compose, deploy without touching the
+        boot list, run the deploy steps in the new deployment, then make it the default.
+        If the OS ref moved to a commit no bundle is bound to yet, stay and say so.""",
+    )
+    mode = upg.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="pull metadata only and say what would change")
+    upg.add_argument(
+        "--allow-downgrade", action="store_true", help="allow an OS commit older than the deployed"
+    )
+    upg.add_argument("--reboot", action="store_true", help="reboot when done (refused offline)")
+
+    sw = command(
+        "switch",
+        "move to another product bundle",
+        "Like upgrade, from another bundle ref (NAME:REF, NAME a configured remote).",
+    )
+    sw.add_argument("bundle", metavar="NAME:REF")
+    sw.add_argument("--allow-downgrade", action="store_true")
+    sw.add_argument("--reboot", action="store_true", help="reboot when done (refused offline)")
+
+    st = command(
+        "status", "show deployments", "Show deployments, their OS commit, bundle, binding and kargs."
+    )
+    st.add_argument("--json", action="store_true", help='print {"deployments": [...]}')
+
+    command(
+        "rollback", "make the other deployment the default", "Like 'ostree admin' / 'rpm-ostree rollback'."
+    )
+    command(
+        "cleanup",
+        "remove what no deployment references",
+        "Remove unreferenced deployment directories, composed commits and ledger entries.",
+    )
+    return parser
+
+
+def _report(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _options(args: argparse.Namespace) -> tuple[Path, str | None, float]:
+    return args.sysroot, args.stateroot, args.lock_timeout
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _reboot_refused(args: argparse.Namespace) -> None:
+    if getattr(args, "reboot", False) and args.sysroot.resolve() != Path("/"):
+        raise UsageError("--reboot needs a running system; it is refused with an offline --sysroot")
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    if args.bundle_command == "check":
+        from tether.bundle.manifest import load_bundle
+        from tether.plan.tree import check_supported
+
+        bundle = load_bundle(args.directory)
+        check_supported(bundle)
+        print(
+            f"{bundle.manifest}: ok: bundle {bundle.info.name} {bundle.info.version}"
+            f" following {bundle.info.os_ref}"
+        )
+        return 0
+    if args.bundle_command == "build":
+        from tether.build import build_bundle
+
+        built = build_bundle(args.directory, args.repo, args.ref, bind=args.bind, bind_ref=args.bind_ref)
+        print(f"{built.ref} => {built.checksum} (bound to {len(built.os_commits)} OS commit(s))")
+        return 0
+    if args.bundle_command == "list":
+        from tether.catalog import list_bundles
+
+        bundles = list_bundles(args.repo, args.os)
+        if args.json:
+            print(json.dumps({"bundles": bundles}, indent=2))
+        else:
+            for b in bundles:
+                print(f"{b['ref']}  {b['name']} {b['version']}  {b['commit'][:12]}  bound to:")
+                for c in b["os_commits"]:
+                    print(f"    {c}")
+        return 0
+    raise UsageError("bundle: give a command: check, build or list")
+
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    from tether.compose import compose
+    from tether.edge.ostree import Repo
+
+    if not (args.repo / "config").exists():
+        raise UsageError(f"{args.repo} is not an ostree repository")
+    composed = compose(Repo(args.repo), args.os, args.bundle)
+    state = "cached" if composed.cached else "composed"
+    print(f"{state} {composed.checksum}")
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from tether.upgrade import BundleSource, install
+
+    name, sep, url = args.remote.partition("=")
+    if not sep or not name or not url:
+        raise UsageError(f"--remote {args.remote}: expected NAME=URL")
+    if not args.gpg_import and not args.no_gpg_verify:
+        raise UsageError("install: give --gpg-import KEYFILE (signatures required) or --no-gpg-verify")
+    if args.gpg_import and args.no_gpg_verify:
+        raise UsageError("install: --gpg-import and --no-gpg-verify exclude each other")
+    if args.stateroot is None:
+        raise UsageError("install: give --stateroot NAME")
+    outcome = install(
+        args.sysroot,
+        args.stateroot,
+        remote=name,
+        url=url,
+        gpg_verify=not args.no_gpg_verify,
+        gpg_keys=args.gpg_import,
+        source=BundleSource.parse(args.bundle),
+        kargs=args.karg,
+        lock_timeout=args.lock_timeout,
+        progress=_progress(),
+        report=_report,
+    )
+    print(outcome.message)
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace, switch: bool = False) -> int:
+    from tether.upgrade import BundleSource, upgrade
+
+    _reboot_refused(args)
+    outcome = upgrade(
+        args.sysroot,
+        args.stateroot,
+        check=getattr(args, "check", False),
+        allow_downgrade=args.allow_downgrade,
+        switch_to=BundleSource.parse(args.bundle) if switch else None,
+        lock_timeout=args.lock_timeout,
+        progress=_progress(),
+        report=_report,
+    )
+    print(outcome.message)
+    if outcome.kargs is not None and (outcome.kargs.removed or outcome.kargs.added):
+        print(f"Kernel arguments: {' '.join(outcome.kargs.kernel_arguments)}")
+    if args.reboot and outcome.changed:
+        from tether.edge.run import run
+
+        run(["systemctl", "reboot"])
+    return 0
+
+
+def _status_text(deployments: list[dict[str, Any]]) -> str:
+    if not deployments:
+        return "No deployments."
+    lines = []
+    for d in deployments:
+        marks = [m for m in ("default", "booted", "rollback", "pinned", "staged") if d[m]]
+        lead = "*" if d["booted"] else ("●" if d["default"] else " ")
+        lines.append(
+            f"{lead} {d['stateroot']} {d['checksum']}.{d['serial']}"
+            + (f" ({', '.join(marks)})" if marks else "")
+        )
+        if d["version"]:
+            lines.append(f"      Version: {d['version']}")
+        lines.append(f"    OS commit: {d['os_commit']}")
+        bundle = d["bundle"]
+        if bundle is None:
+            lines.append("       Bundle: none (not deployed by tether)")
+        else:
+            lines.append(
+                f"       Bundle: {bundle['name']} {bundle['version']} ({bundle['remote']}:{bundle['ref']})"
+            )
+            lines.append(f"               commit {bundle['commit']}")
+            lines.append(f"     Bound to: {len(bundle['bound_to'])} OS commit(s)")
+        lines.append(f"        Kargs: {' '.join(d['kernel_arguments']) or '(none)'}")
+        if d["steps"]:
+            steps = ", ".join(f"{s['kind']} {s['name']}: {s['status']}" for s in d["steps"])
+            lines.append(f"        Steps: {steps}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tether.admin import status
+
+    deployments = status(args.sysroot)
+    if args.stateroot is not None:
+        deployments = [d for d in deployments if d["stateroot"] == args.stateroot]
+    if args.json:
+        print(json.dumps({"deployments": deployments}, indent=2))
+    else:
+        print(_status_text(deployments))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from tether.admin import rollback
+
+    result = rollback(*_options(args))
+    print(f"Moving {result.default.name} to be the default; {result.previous.name} is now the rollback.")
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from tether.admin import cleanup
+
+    result = cleanup(*_options(args))
+    print(
+        f"Removed {len(result.deployment_dirs)} deployment director(ies), "
+        f"{len(result.compose_refs)} composed commit ref(s), {len(result.ledger_entries)} ledger entr(ies)."
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0) if isinstance(e.code, int) else 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr
+    )
+    handlers = {
+        "bundle": cmd_bundle,
+        "compose": cmd_compose,
+        "install": cmd_install,
+        "upgrade": cmd_upgrade,
+        "switch": lambda a: cmd_upgrade(a, switch=True),
+        "status": cmd_status,
+        "rollback": cmd_rollback,
+        "cleanup": cmd_cleanup,
+    }
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return handlers[args.command](args)
+    except NoUpdateError as e:
+        print(e)
+        return e.exit_code
+    except TetherError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

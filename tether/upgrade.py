@@ -1,0 +1,326 @@
+"""install, upgrade and switch: SPEC's upgrade, steps 1 to 6.
+
+Pull the bundle ref, pick the OS commit it is bound to, compose, create the
+deployment with `deploy_tree` (the boot list untouched), run the deploy-stage
+steps inside it, and only when all of them succeeded write the deployment list
+once. Any failure before that write removes the new deployment directory, so
+the machine stays on its old pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tether import ledger
+from tether.bundle.manifest import load_bundle
+from tether.bundle.model import Bundle, Stage
+from tether.compose import KEY_OS_COMMITS, KEY_OS_REF, compose
+from tether.edge.ostree import Deployment, OstreeError, Repo, Sysroot
+from tether.errors import NotBoundError, NoUpdateError, TetherError, UsageError, VerificationError
+from tether.plan.kargs import KargPlan, plan_kargs
+from tether.plan.tree import BUNDLE_COPY
+from tether.sysroot import SysrootSession, origin_for, remove_unreferenced_deployments
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BundleSource:
+    """`NAME:REF`: a bundle ref on a remote."""
+
+    remote: str
+    ref: str
+
+    @classmethod
+    def parse(cls, text: str) -> BundleSource:
+        remote, sep, ref = text.partition(":")
+        if not sep or not remote or not ref:
+            raise UsageError(f"bundle '{text}': expected REMOTE:REF, e.g. exampleos:exampleos/x86_64/kiosk")
+        return cls(remote, ref)
+
+    def __str__(self) -> str:
+        return f"{self.remote}:{self.ref}"
+
+
+@dataclass(frozen=True)
+class Selection:
+    bundle_commit: str
+    os_commit: str
+    os_ref: str
+    os_head: str | None  # where the OS ref points on the remote
+    note: str | None  # why the OS ref's head was not taken
+
+
+@dataclass(frozen=True)
+class Outcome:
+    changed: bool
+    message: str
+    deployment: Deployment | None = None
+    selection: Selection | None = None
+    kargs: KargPlan | None = None
+
+
+def select(repo: Repo, source: BundleSource, *, metadata_only: bool, progress: bool) -> Selection:
+    """SPEC steps 1-2: the bundle ref's commit and the OS commit it selects."""
+    repo.pull(source.remote, [source.ref], commit_only=metadata_only, progress=progress)
+    bundle_commit = repo.resolve(f"{source.remote}:{source.ref}")
+    assert bundle_commit is not None
+    metadata = repo.commit(bundle_commit).metadata
+    bound = [str(c) for c in metadata.get(KEY_OS_COMMITS, [])]
+    os_ref = str(metadata.get(KEY_OS_REF, ""))
+    if not bound:
+        raise NotBoundError(f"bundle {source} ({bundle_commit[:12]}) is bound to no OS commit")
+
+    os_head = None
+    if os_ref:
+        try:
+            repo.pull(source.remote, [os_ref], commit_only=True, progress=progress)
+            os_head = repo.resolve(f"{source.remote}:{os_ref}")
+        except OstreeError:
+            os_head = None
+    if os_head in bound:
+        assert os_head is not None
+        return Selection(bundle_commit, os_head, os_ref, os_head, None)
+
+    found: list[tuple[int, str]] = []
+    for checksum in bound:
+        if not repo.has_commit(checksum):
+            try:
+                repo.pull(source.remote, [checksum], commit_only=True, progress=progress)
+            except OstreeError:
+                continue
+        found.append((repo.commit(checksum).timestamp, checksum))
+    if not found:
+        raise NotBoundError(
+            f"bundle {source} ({bundle_commit[:12]}) is bound to {len(bound)} OS commit(s), "
+            f"none of which can be found on remote {source.remote}"
+        )
+    chosen = max(found)[1]
+    note = None
+    if os_head is not None:
+        note = f"OS ref {os_ref} is at {os_head[:12]}, which bundle {source.ref} is not bound to yet"
+    return Selection(bundle_commit, chosen, os_ref, os_head, note)
+
+
+def _check_downgrade(repo: Repo, current_os: str | None, new_os: str, allow: bool) -> None:
+    if current_os is None or allow or current_os == new_os or not repo.has_commit(current_os):
+        return
+    if repo.commit(new_os).timestamp < repo.commit(current_os).timestamp:
+        raise VerificationError(
+            f"OS commit {new_os[:12]} is older than the deployed {current_os[:12]}: "
+            "refusing a downgrade (use --allow-downgrade)"
+        )
+
+
+def _pull_selected(repo: Repo, source: BundleSource, selection: Selection, progress: bool) -> None:
+    repo.pull(source.remote, [source.ref], progress=progress)
+    if selection.os_commit == selection.os_head:
+        repo.pull(source.remote, [selection.os_ref], progress=progress)
+    else:
+        repo.pull(source.remote, [selection.os_commit], progress=progress)
+
+
+def deploy_pair(
+    session: SysrootSession,
+    stateroot: str,
+    source: BundleSource,
+    selection: Selection,
+    *,
+    merge: Deployment | None,
+    admin_kargs: tuple[str, ...] = (),
+    report: Report,
+) -> tuple[Deployment, KargPlan]:
+    """SPEC steps 3-6 for a selected pair; the deployment list is written last."""
+    sysroot = session.sysroot
+    repo = sysroot.repo
+    var = sysroot.stateroot_var(stateroot)
+    composed = compose(repo, selection.os_commit, selection.bundle_commit, bundle_ref=source.ref)
+    report(("Reusing" if composed.cached else "Composed") + f" commit {composed.checksum}")
+
+    previous = _ledger_of(var, merge)
+    current_kargs = merge.kernel_arguments if merge is not None else admin_kargs
+    declared = repo.commit(composed.checksum).metadata.get("tether.kernel-arguments", [])
+    kargs = plan_kargs(current_kargs, previous.kargs_added if previous else (), [str(k) for k in declared])
+
+    ledger_id = ledger.new_id()
+    origin = origin_for(source, selection, composed.content_id, ledger_id)
+    deployment = sysroot.deploy_tree(
+        stateroot, composed.checksum, origin=origin, merge=merge, kernel_arguments=kargs.kernel_arguments
+    )
+    try:
+        root = sysroot.deployment_dir(deployment)
+        bundle = load_bundle(root / BUNDLE_COPY)
+        steps = _run_deploy_steps(bundle, root, var, report)
+        ledger.write(
+            var,
+            ledger.LedgerEntry(
+                id=ledger_id,
+                deployment=composed.checksum,
+                bundle_commit=selection.bundle_commit,
+                os_commit=selection.os_commit,
+                kargs_added=kargs.added,
+                steps=tuple(steps),
+            ),
+        )
+        keep = [
+            d
+            for d in sysroot.deployments()
+            if d.stateroot != stateroot
+            or d.pinned
+            or d.booted
+            or (merge is not None and d.name == merge.name)
+        ]
+        sysroot.write_deployments([deployment, *keep])
+    except BaseException:
+        sysroot.discard(deployment)
+        ledger.remove(var, ledger_id)
+        raise
+    new = next(d for d in sysroot.deployments() if d.name == deployment.name)
+    return new, kargs
+
+
+def _run_deploy_steps(bundle: Bundle, root: Path, var: Path, report: Report) -> list[ledger.StepRecord]:
+    from tether.steps import run_deploy_hook
+
+    records = []
+    for hook in bundle.hooks_for(Stage.DEPLOY):
+        report(f"Running deploy hook {hook.run}")
+        run_deploy_hook(bundle, hook, root, var)
+        records.append(ledger.StepRecord("hook", str(hook.run), hook.stage.value, "ok"))
+    return records
+
+
+def _ledger_of(var: Path, deployment: Deployment | None) -> ledger.LedgerEntry | None:
+    if deployment is None:
+        return None
+    ledger_id = deployment.origin_value("tether", "ledger-id")
+    return ledger.read(var, ledger_id) if ledger_id else None
+
+
+def install(
+    sysroot_path: Path,
+    stateroot: str,
+    *,
+    remote: str,
+    url: str,
+    gpg_verify: bool,
+    gpg_keys: list[Path],
+    source: BundleSource,
+    kargs: list[str],
+    lock_timeout: float,
+    progress: bool,
+    report: Report,
+) -> Outcome:
+    if source.remote != remote:
+        raise UsageError(f"--bundle {source}: remote '{source.remote}' is not the --remote '{remote}'")
+    if not url.startswith(("file://", "http://", "https://")):
+        raise UsageError(f"--remote {remote}={url}: the URL must be file://, http:// or https://")
+    for key in gpg_keys:
+        if not key.is_file():
+            raise UsageError(f"--gpg-import {key}: no such file")
+    sysroot = Sysroot(sysroot_path)
+    if not sysroot.is_initialized():
+        report(f"Initialising sysroot {sysroot_path} with stateroot {stateroot}")
+        Sysroot.initialize(sysroot_path, stateroot)
+    with SysrootSession(sysroot_path, lock_timeout, report) as session:
+        sysroot = session.sysroot
+        if stateroot not in sysroot.stateroots():
+            Sysroot.initialize(sysroot_path, stateroot)
+            session.sysroot.reload()
+        if any(d.stateroot == stateroot for d in sysroot.deployments()):
+            raise UsageError(
+                f"stateroot {stateroot} in {sysroot_path} already has deployments: "
+                "use 'tether upgrade' or 'tether switch'"
+            )
+        repo = sysroot.repo
+        existing = repo.remote_url(remote)
+        if existing is not None and existing != url:
+            raise UsageError(f"remote {remote} already exists with URL {existing}")
+        added_remote = existing is None
+        if added_remote:
+            repo.remote_add(remote, url, gpg_verify=gpg_verify)
+        try:
+            for key in gpg_keys:
+                repo.remote_gpg_import(remote, key)
+            remove_unreferenced_deployments(sysroot, stateroot)
+            selection = select(repo, source, metadata_only=False, progress=progress)
+            if selection.note:
+                report(selection.note)
+            _pull_selected(repo, source, selection, progress)
+            deployment, kplan = deploy_pair(
+                session, stateroot, source, selection, merge=None, admin_kargs=tuple(kargs), report=report
+            )
+        except BaseException:
+            if added_remote:
+                repo.remote_delete(remote)
+            raise
+    return Outcome(True, f"Installed {deployment.name}", deployment, selection, kplan)
+
+
+def upgrade(
+    sysroot_path: Path,
+    stateroot: str | None,
+    *,
+    check: bool = False,
+    allow_downgrade: bool = False,
+    switch_to: BundleSource | None = None,
+    lock_timeout: float,
+    progress: bool,
+    report: Report,
+) -> Outcome:
+    """`upgrade`, `upgrade --check` and `switch` (a new bundle source)."""
+    with SysrootSession(sysroot_path, lock_timeout, report) as session:
+        sysroot = session.sysroot
+        stateroot = session.stateroot(stateroot)
+        merge = sysroot.merge_deployment(stateroot)
+        if merge is None:
+            raise UsageError(f"stateroot {stateroot} has no deployment: use 'tether install'")
+        if switch_to is not None:
+            source = switch_to
+        else:
+            remote = merge.origin_value("tether", "remote")
+            ref = merge.origin_value("tether", "bundle-ref")
+            if not remote or not ref:
+                raise UsageError(
+                    f"deployment {merge.name} was not made by tether: "
+                    "use 'tether switch REMOTE:REF' to adopt it"
+                )
+            source = BundleSource(remote, ref)
+        if source.remote not in sysroot.repo.remotes():
+            raise UsageError(f"no remote named {source.remote} in {sysroot_path}")
+        if not check:
+            remove_unreferenced_deployments(sysroot, stateroot)
+        repo = sysroot.repo
+        selection = select(repo, source, metadata_only=check, progress=progress)
+        current = (merge.origin_value("tether", "os-commit"), merge.origin_value("tether", "bundle-commit"))
+        note = f" ({selection.note})" if selection.note else ""
+        if current == (selection.os_commit, selection.bundle_commit) and switch_to is None:
+            message = (
+                f"No update available: already on OS {selection.os_commit[:12]} + bundle "
+                f"{selection.bundle_commit[:12]}{note}"
+            )
+            if check:
+                raise NoUpdateError(message)
+            return Outcome(False, message, merge, selection)
+        _check_downgrade(repo, current[0], selection.os_commit, allow_downgrade)
+        if check:
+            return Outcome(
+                True,
+                f"Update available: OS {selection.os_commit[:12]}"
+                f" + bundle {selection.bundle_commit[:12]}{note}",
+                None,
+                selection,
+            )
+        if selection.note:
+            report(selection.note)
+        _pull_selected(repo, source, selection, progress)
+        deployment, kplan = deploy_pair(session, stateroot, source, selection, merge=merge, report=report)
+    verb = "Switched" if switch_to is not None else "Upgraded"
+    return Outcome(
+        True, f"{verb} to {deployment.name}; it is the default at next boot", deployment, selection, kplan
+    )
+
+
+__all__ = ["BundleSource", "Outcome", "TetherError", "install", "upgrade"]
