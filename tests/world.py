@@ -126,6 +126,7 @@ class World:
     sysroot: Path = field(init=False)
     os_version: int = 0
     bundles_built: int = 0
+    gpg: tuple[str, Path] | None = None  # (key id, homedir) that signs what is published
     url: str | None = None
 
     def __post_init__(self) -> None:
@@ -141,8 +142,15 @@ class World:
         version = str(self.os_version)
         if tree is None:
             tree = add_busybox(synthetic_tree(self.root / f"os-{version}", version=version, extra=extra))
+        key, homedir = self.gpg if self.gpg else (None, None)
         checksum = commit_tree(
-            self.repo, tree, OS_REF, version=version, timestamp=1_700_000_000 + self.os_version
+            self.repo,
+            tree,
+            OS_REF,
+            version=version,
+            timestamp=1_700_000_000 + self.os_version,
+            gpg_key=key,
+            gpg_homedir=homedir,
         )
         # publishing includes the summary: pulls trust it over the refs
         subprocess.run(["ostree", f"--repo={self.repo}", "summary", "-u"], check=True)
@@ -166,6 +174,8 @@ class World:
             binds += ["--bind", commit]
         if not binds:
             binds = ["--bind-ref", OS_REF]
+        if self.gpg:
+            binds += ["--gpg-sign", self.gpg[0], "--gpg-homedir", str(self.gpg[1])]
         result = tether("bundle", "build", directory, "--repo", self.repo, "--ref", ref, *binds)
         assert result.code == 0, result.err
         checksum = result.out.split("=>")[1].split()[0]

@@ -101,6 +101,8 @@ def status(sysroot_path: Path) -> list[dict[str, Any]]:
 class RollbackResult:
     default: Deployment
     previous: Deployment
+    default_version: str
+    previous_version: str
 
 
 def rollback(sysroot_path: Path, stateroot: str | None, lock_timeout: float) -> RollbackResult:
@@ -115,7 +117,12 @@ def rollback(sysroot_path: Path, stateroot: str | None, lock_timeout: float) -> 
         rest = [d for d in deployments if d.name != target.name or d.stateroot != target.stateroot]
         sysroot.write_deployments([target, *rest])
         new_default = sysroot.deployments()[0]
-    return RollbackResult(new_default, previous)
+        repo = sysroot.repo
+        versions = [
+            str(_metadata(repo, d.checksum).get("version") or d.checksum[:12])
+            for d in (new_default, previous)
+        ]
+    return RollbackResult(new_default, previous, *versions)
 
 
 @dataclass(frozen=True)

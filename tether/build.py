@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.bundle.manifest import load_bundle
-from tether.compose import KEY_BUNDLE_NAME, KEY_BUNDLE_REF, KEY_BUNDLE_VERSION, KEY_OS_COMMITS, KEY_OS_REF
+from tether.compose import (
+    KEY_BUNDLE_NAME,
+    KEY_BUNDLE_REF,
+    KEY_BUNDLE_VERSION,
+    KEY_KARGS,
+    KEY_OS_COMMITS,
+    KEY_OS_REF,
+)
 from tether.edge.ostree import Repo
 from tether.errors import UsageError
 
@@ -37,6 +44,8 @@ def build_bundle(
     *,
     bind: list[str],
     bind_ref: str | None = None,
+    gpg_sign: list[str] | None = None,
+    gpg_homedir: Path | None = None,
 ) -> Built:
     bundle = load_bundle(directory)
     if not (repo_path / "config").exists():
@@ -76,9 +85,13 @@ def build_bundle(
             KEY_BUNDLE_NAME: bundle.info.name,
             KEY_BUNDLE_VERSION: bundle.info.version,
             KEY_BUNDLE_REF: ref,
+            # lets `upgrade --check` tell karg changes from the commit alone
+            KEY_KARGS: list(bundle.kernel.arguments),
         },
         timestamp=timestamp,
         canonical=True,
     )
+    for key_id in gpg_sign or []:
+        repo.sign_commit(checksum, key_id, gpg_homedir)
     repo.regenerate_summary()
     return Built(checksum, ref, os_commits)

@@ -126,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
         "--bind", action="append", default=[], metavar="COMMIT", help="an OS commit (repeatable)"
     )
     build.add_argument("--bind-ref", metavar="REF", help="bind to the commit REF points to in REPO")
+    build.add_argument(
+        "--gpg-sign", action="append", default=[], metavar="KEYID", help="sign with this GPG key"
+    )
+    build.add_argument("--gpg-homedir", type=Path, metavar="DIR", help="GPG home directory for --gpg-sign")
     listing = bundle_commands.add_parser(
         "list", help="bundle refs, versions and bindings", description="List the bundle refs of a repository."
     )
@@ -237,7 +241,15 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     if args.bundle_command == "build":
         from tether.build import build_bundle
 
-        built = build_bundle(args.directory, args.repo, args.ref, bind=args.bind, bind_ref=args.bind_ref)
+        built = build_bundle(
+            args.directory,
+            args.repo,
+            args.ref,
+            bind=args.bind,
+            bind_ref=args.bind_ref,
+            gpg_sign=args.gpg_sign,
+            gpg_homedir=args.gpg_homedir,
+        )
         print(f"{built.ref} => {built.checksum} (bound to {len(built.os_commits)} OS commit(s))")
         return 0
     if args.bundle_command == "list":
@@ -367,7 +379,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from tether.admin import rollback
 
     result = rollback(*_options(args))
-    print(f"Moving {result.default.name} to be the default; {result.previous.name} is now the rollback.")
+    print(
+        f"Default at next boot: {result.default_version} ({result.default.name[:12]}…); rollback: "
+        f"{result.previous_version} ({result.previous.name[:12]}…)"
+    )
     return 0
 
 
@@ -376,8 +391,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     result = cleanup(*_options(args))
     print(
-        f"Removed {len(result.deployment_dirs)} deployment director(ies), "
-        f"{len(result.compose_refs)} composed commit ref(s), {len(result.ledger_entries)} ledger entr(ies)."
+        f"Removed unreferenced: {len(result.deployment_dirs)} deployment directories, "
+        f"{len(result.compose_refs)} composed commits, {len(result.ledger_entries)} ledger entries."
     )
     return 0
 

@@ -27,7 +27,9 @@ def _run(bundle: Bundle, hook: Hook, sandbox: Sandbox, network: bool) -> None:
     try:
         run_in_sandbox(sandbox, _argv(bundle, hook), timeout=hook.timeout, network=network)
     except CommandError as e:
-        raise StepFailedError(f"{hook.stage.value} hook {hook.run} ({hook.location}) failed: {e}") from e
+        declared = f"{bundle.manifest.name}:{hook.location.line}:{hook.location.key}"
+        where = f"bundle {bundle.info.name} {bundle.info.version}, {declared}"
+        raise StepFailedError(f"{hook.stage.value} hook {hook.run} ({where}) failed: {e}") from e
 
 
 def run_compose_hooks(bundle: Bundle, hooks: tuple[Hook, ...], tree: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from tether import ledger
 from tether.bundle.manifest import load_bundle
 from tether.bundle.model import Bundle, Stage
-from tether.compose import KEY_OS_COMMITS, KEY_OS_REF, compose
+from tether.compose import KEY_BUNDLE_NAME, KEY_BUNDLE_VERSION, KEY_KARGS, KEY_OS_COMMITS, KEY_OS_REF, compose
 from tether.edge.ostree import Deployment, OstreeError, Repo, Sysroot
 from tether.errors import NotBoundError, NoUpdateError, TetherError, UsageError, VerificationError
 from tether.plan.kargs import KargPlan, plan_kargs
@@ -141,7 +141,7 @@ def deploy_pair(
 
     previous = _ledger_of(var, merge)
     current_kargs = merge.kernel_arguments if merge is not None else admin_kargs
-    declared = repo.commit(composed.checksum).metadata.get("tether.kernel-arguments", [])
+    declared = repo.commit(composed.checksum).metadata.get(KEY_KARGS, [])
     kargs = plan_kargs(current_kargs, previous.kargs_added if previous else (), [str(k) for k in declared])
 
     ledger_id = ledger.new_id()
@@ -256,7 +256,14 @@ def install(
             if added_remote:
                 repo.remote_delete(remote)
             raise
-    return Outcome(True, f"Installed {deployment.name}", deployment, selection, kplan)
+    there = describe_pair(sysroot.repo, deployment.checksum)
+    return Outcome(
+        True,
+        f"Installed {there} ({deployment.name[:12]}…); it is the default at next boot",
+        deployment,
+        selection,
+        kplan,
+    )
 
 
 def upgrade(
@@ -295,32 +302,70 @@ def upgrade(
         repo = sysroot.repo
         selection = select(repo, source, metadata_only=check, progress=progress)
         current = (merge.origin_value("tether", "os-commit"), merge.origin_value("tether", "bundle-commit"))
-        note = f" ({selection.note})" if selection.note else ""
+        here = describe_pair(repo, merge.checksum)
         if current == (selection.os_commit, selection.bundle_commit) and switch_to is None:
-            message = (
-                f"No update available: already on OS {selection.os_commit[:12]} + bundle "
-                f"{selection.bundle_commit[:12]}{note}"
-            )
+            if selection.note:
+                message = f"No update: {selection.note}; staying on {here}"
+            else:
+                message = f"No update available: already on {here}"
             if check:
                 raise NoUpdateError(message)
             return Outcome(False, message, merge, selection)
         _check_downgrade(repo, current[0], selection.os_commit, allow_downgrade)
         if check:
-            return Outcome(
-                True,
-                f"Update available: OS {selection.os_commit[:12]}"
-                f" + bundle {selection.bundle_commit[:12]}{note}",
-                None,
-                selection,
-            )
+            return Outcome(True, _check_message(repo, var_of(sysroot, stateroot), merge, selection, here))
         if selection.note:
             report(selection.note)
         _pull_selected(repo, source, selection, progress)
         deployment, kplan = deploy_pair(session, stateroot, source, selection, merge=merge, report=report)
+        there = describe_pair(repo, deployment.checksum)
     verb = "Switched" if switch_to is not None else "Upgraded"
     return Outcome(
-        True, f"{verb} to {deployment.name}; it is the default at next boot", deployment, selection, kplan
+        True,
+        f"{verb} from {here} to {there} ({deployment.name[:12]}…); it is the default at next boot",
+        deployment,
+        selection,
+        kplan,
     )
+
+
+def var_of(sysroot: Sysroot, stateroot: str) -> Path:
+    return sysroot.stateroot_var(stateroot)
+
+
+def describe_pair(repo: Repo, composed: str) -> str:
+    """A deployment as an operator reads it: its version, e.g. `2+kiosk.2`."""
+    try:
+        version = repo.commit(composed).version
+    except OstreeError:
+        version = None
+    return version or composed[:12]
+
+
+def _check_message(repo: Repo, var: Path, merge: Deployment, selection: Selection, here: str) -> str:
+    os_version = repo.commit(selection.os_commit).version or selection.os_commit[:12]
+    metadata = repo.commit(selection.bundle_commit).metadata
+    name, version = metadata.get(KEY_BUNDLE_NAME, "?"), metadata.get(KEY_BUNDLE_VERSION, "?")
+    lines = [
+        f"Update available: {here} -> {os_version}+{name}.{version}",
+        f"  OS commit:     {selection.os_commit}",
+        f"  bundle commit: {selection.bundle_commit}",
+    ]
+    if selection.note:
+        lines.append(f"  note: {selection.note}")
+    if KEY_KARGS in metadata:
+        previous = _ledger_of(var, merge)
+        plan = plan_kargs(
+            merge.kernel_arguments,
+            previous.kargs_added if previous else (),
+            [str(k) for k in metadata[KEY_KARGS]],
+        )
+        for karg in plan.removed:
+            lines.append(f"  karg removed: {karg}")
+        for karg in plan.kernel_arguments:
+            if karg not in merge.kernel_arguments:
+                lines.append(f"  karg added:   {karg}")
+    return "\n".join(lines)
 
 
 __all__ = ["BundleSource", "Outcome", "TetherError", "install", "upgrade"]

@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib
+import logging
 import os
 import shutil
 import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,10 +35,12 @@ from gi.repository import Gio, GLib
 OSTree: Any = importlib.import_module("gi.repository.OSTree")
 
 from tether.edge.run import run
-from tether.errors import LockTimeoutError, TetherError, UsageError
+from tether.errors import LockTimeoutError, TetherError, UsageError, VerificationError
 from tether.plan.tree import TreeDir, TreeEdit, TreeFile, TreeRemove, TreeSubtree, TreeSymlink
 
 MetadataValue = str | int | bool | list[str]
+
+log = logging.getLogger("tether")
 
 
 class OstreeError(TetherError):
@@ -49,6 +53,23 @@ def _glib_errors(what: str) -> Iterator[None]:
         yield
     except GLib.Error as e:
         raise OstreeError(f"{what}: {e.message}") from e
+
+
+@contextlib.contextmanager
+def _stdout_to_log(what: str) -> Iterator[None]:
+    """libostree's cleanup g_print()s "Freed objects: ..." on fd 1; keep our stdout ours."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode("utf-8", "replace").splitlines():
+                log.info("%s: %s", what, line)
 
 
 def _variant(value: MetadataValue) -> GLib.Variant:
@@ -307,12 +328,20 @@ class Repo:
         console = _ConsoleProgress() if progress else None
         async_progress = OSTree.AsyncProgress.new_and_connect(console.changed, None) if console else None
         try:
-            with _glib_errors(f"pulling {', '.join(refs)} from {remote}"):
-                self._repo.pull_with_options(remote, options, async_progress, None)
+            self._repo.pull_with_options(remote, options, async_progress, None)
+        except GLib.Error as e:
+            message = f"pulling {', '.join(refs)} from {remote}: {e.message}"
+            if any(word in e.message for word in ("GPG", "signature", "Signature")):
+                raise VerificationError(message) from e
+            raise OstreeError(message) from e
         finally:
             if async_progress is not None and console is not None:
                 async_progress.finish()
                 console.done()
+
+    def sign_commit(self, checksum: str, key_id: str, homedir: Path | None = None) -> None:
+        with _glib_errors(f"signing {checksum} with GPG key {key_id}"):
+            self._repo.sign_commit(checksum, key_id, str(homedir) if homedir else None, None)
 
     def regenerate_summary(self) -> None:
         with _glib_errors("updating the summary"):
@@ -678,7 +707,7 @@ class Sysroot:
         origin.unlink(missing_ok=True)
 
     def write_deployments(self, deployments: list[Deployment]) -> None:
-        with _glib_errors("writing the deployment list"):
+        with _glib_errors("writing the deployment list"), _stdout_to_log("cleanup"):
             self._sysroot.write_deployments([d.handle for d in deployments], None)
         self.reload()
 
@@ -695,7 +724,7 @@ class Sysroot:
             self._sysroot.deployment_set_pinned(deployment.handle, pinned)
 
     def cleanup(self) -> None:
-        with _glib_errors("cleaning up the sysroot"):
+        with _glib_errors("cleaning up the sysroot"), _stdout_to_log("cleanup"):
             self._sysroot.cleanup(None)
 
 
