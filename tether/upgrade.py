@@ -15,13 +15,17 @@ from pathlib import Path
 
 from tether import ledger
 from tether.bundle.manifest import load_bundle
-from tether.bundle.model import Bundle, Stage
+from tether.bundle.model import Bundle, Hook, Playbook, Stage
 from tether.compose import KEY_BUNDLE_NAME, KEY_BUNDLE_VERSION, KEY_KARGS, KEY_OS_COMMITS, KEY_OS_REF, compose
 from tether.edge.ostree import Deployment, OstreeError, Repo, Sysroot
 from tether.errors import NotBoundError, NoUpdateError, TetherError, UsageError, VerificationError
+from tether.faults import checkpoint
+from tether.plan.etc import merge_records
 from tether.plan.kargs import KargPlan, plan_kargs
 from tether.plan.tree import BUNDLE_COPY
-from tether.sysroot import SysrootSession, origin_for, remove_unreferenced_deployments
+from tether.reconcile import EtcOutcome, StepRecorder, enforce_files, reset_previous
+from tether.steps import StepResult, run_deploy_hook, run_playbook
+from tether.sysroot import SysrootSession, origin_for, remove_crash_leftovers
 
 Report = Callable[[str], None]
 
@@ -114,12 +118,13 @@ def _check_downgrade(repo: Repo, current_os: str | None, new_os: str, allow: boo
         )
 
 
-def _pull_selected(repo: Repo, source: BundleSource, selection: Selection, progress: bool) -> None:
+def pull_selected(repo: Repo, source: BundleSource, selection: Selection, progress: bool) -> None:
     repo.pull(source.remote, [source.ref], progress=progress)
     if selection.os_commit == selection.os_head:
         repo.pull(source.remote, [selection.os_ref], progress=progress)
     else:
         repo.pull(source.remote, [selection.os_commit], progress=progress)
+    checkpoint("pulled")
 
 
 def deploy_pair(
@@ -137,6 +142,7 @@ def deploy_pair(
     repo = sysroot.repo
     var = sysroot.stateroot_var(stateroot)
     composed = compose(repo, selection.os_commit, selection.bundle_commit, bundle_ref=source.ref)
+    checkpoint("composed")
     report(("Reusing" if composed.cached else "Composed") + f" commit {composed.checksum}")
 
     previous = _ledger_of(var, merge)
@@ -150,9 +156,16 @@ def deploy_pair(
         stateroot, composed.checksum, origin=origin, merge=merge, kernel_arguments=kargs.kernel_arguments
     )
     try:
+        checkpoint("deployed-tree")
         root = sysroot.deployment_dir(deployment)
         bundle = load_bundle(root / BUNDLE_COPY)
-        steps = _run_deploy_steps(bundle, root, var, report)
+        etc = EtcOutcome()
+        if previous is not None and merge is not None:
+            live_etc = sysroot.deployment_dir(merge) / "etc"
+            etc = reset_previous(previous, live_etc, root, var, ledger_id, report)
+        etc.enforced = enforce_files(bundle, root, var, ledger_id, report)
+        recorder = StepRecorder(root, var)
+        steps = _run_deploy_steps(bundle, root, var, ledger_id, recorder, report)
         ledger.write(
             var,
             ledger.LedgerEntry(
@@ -162,8 +175,13 @@ def deploy_pair(
                 os_commit=selection.os_commit,
                 kargs_added=kargs.added,
                 steps=tuple(steps),
+                paths=tuple(merge_records(recorder.records)),
+                resets=tuple(etc.resets),
+                conflicts=tuple(etc.conflicts),
+                enforced=tuple(etc.enforced),
             ),
         )
+        checkpoint("ledger-written")
         keep = [
             d
             for d in sysroot.deployments()
@@ -172,23 +190,49 @@ def deploy_pair(
             or d.booted
             or (merge is not None and d.name == merge.name)
         ]
+        checkpoint("before-write-deployments")
         sysroot.write_deployments([deployment, *keep])
+        checkpoint("after-write-deployments")
     except BaseException:
-        sysroot.discard(deployment)
-        ledger.remove(var, ledger_id)
+        if sysroot.discard(deployment):  # not when the failure came after the switch
+            ledger.remove(var, ledger_id)
         raise
     new = next(d for d in sysroot.deployments() if d.name == deployment.name)
     return new, kargs
 
 
-def _run_deploy_steps(bundle: Bundle, root: Path, var: Path, report: Report) -> list[ledger.StepRecord]:
-    from tether.steps import run_deploy_hook
-
+def _run_deploy_steps(
+    bundle: Bundle, root: Path, var: Path, ledger_id: str, recorder: StepRecorder, report: Report
+) -> list[ledger.StepRecord]:
+    """Deploy hooks and playbooks in declaration order, each between two snapshots of /etc."""
+    steps: list[Hook | Playbook] = [*bundle.hooks_for(Stage.DEPLOY)]
+    steps += [p for p in bundle.playbooks if p.stage is Stage.DEPLOY]
+    steps.sort(key=lambda s: s.location.line or 0)
     records = []
-    for hook in bundle.hooks_for(Stage.DEPLOY):
-        report(f"Running deploy hook {hook.run}")
-        run_deploy_hook(bundle, hook, root, var)
-        records.append(ledger.StepRecord("hook", str(hook.run), hook.stage.value, "ok"))
+    for index, step in enumerate(steps):
+        result: StepResult | None = None
+
+        def run_step(step: Hook | Playbook = step) -> None:
+            nonlocal result
+            if isinstance(step, Hook):
+                report(f"Running deploy hook {step.run}")
+                result = run_deploy_hook(bundle, step, root, var)
+            else:
+                report(f"Running playbook {step.playbook}")
+                result = run_playbook(bundle, step, root, var)
+
+        name = str(step.run if isinstance(step, Hook) else step.playbook)
+        changes = recorder.run(name, run_step)
+        assert result is not None
+        log = ledger.log_path(var, ledger_id, index, name)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(result.output)
+        if result.summary:
+            recap = ", ".join(f"{k}={v}" for k, v in result.summary.items())
+            report(f"  {name}: {recap}; {len(changes)} /etc path(s) changed")
+        kind = "hook" if isinstance(step, Hook) else "ansible"
+        records.append(ledger.StepRecord(kind, name, step.stage.value, "ok", result.summary, changes))
+        checkpoint("deploy-hook-done")
     return records
 
 
@@ -244,11 +288,11 @@ def install(
         try:
             for key in gpg_keys:
                 repo.remote_gpg_import(remote, key)
-            remove_unreferenced_deployments(sysroot, stateroot)
+            remove_crash_leftovers(sysroot, stateroot)
             selection = select(repo, source, metadata_only=False, progress=progress)
             if selection.note:
                 report(selection.note)
-            _pull_selected(repo, source, selection, progress)
+            pull_selected(repo, source, selection, progress)
             deployment, kplan = deploy_pair(
                 session, stateroot, source, selection, merge=None, admin_kargs=tuple(kargs), report=report
             )
@@ -298,7 +342,7 @@ def upgrade(
         if source.remote not in sysroot.repo.remotes():
             raise UsageError(f"no remote named {source.remote} in {sysroot_path}")
         if not check:
-            remove_unreferenced_deployments(sysroot, stateroot)
+            remove_crash_leftovers(sysroot, stateroot)
         repo = sysroot.repo
         selection = select(repo, source, metadata_only=check, progress=progress)
         current = (merge.origin_value("tether", "os-commit"), merge.origin_value("tether", "bundle-commit"))
@@ -316,7 +360,7 @@ def upgrade(
             return Outcome(True, _check_message(repo, var_of(sysroot, stateroot), merge, selection, here))
         if selection.note:
             report(selection.note)
-        _pull_selected(repo, source, selection, progress)
+        pull_selected(repo, source, selection, progress)
         deployment, kplan = deploy_pair(session, stateroot, source, selection, merge=merge, report=report)
         there = describe_pair(repo, deployment.checksum)
     verb = "Switched" if switch_to is not None else "Upgraded"

@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from tether.bundle.model import Bundle, File, FilePolicy, Location, Owner, Stage, Unit, UnitState
+from tether.bundle.model import (
+    Bundle,
+    File,
+    FilePolicy,
+    Hook,
+    Location,
+    Owner,
+    Playbook,
+    Stage,
+    Unit,
+    UnitState,
+)
 from tether.errors import ManifestError
 
 BUNDLE_COPY = PurePosixPath("usr/share/tether/bundle")
@@ -91,24 +102,29 @@ def check_supported(bundle: Bundle) -> None:
     for f in bundle.files:
         if f.path.is_relative_to("/var"):
             raise _unsupported(f.location, "a [[file]] under /var")
-        if f.policy is FilePolicy.ENFORCE:
-            raise _unsupported(f.location, 'policy = "enforce"')
+        if f.policy is FilePolicy.ENFORCE and not f.path.is_relative_to("/etc"):
+            raise ManifestError(
+                f.location.file,
+                f.location.line,
+                f"{f.location.key}.policy",
+                'policy = "enforce" is for files in /etc',
+            )
     for d in bundle.directories:
         if d.path.is_relative_to("/var"):
             raise _unsupported(d.location, "a [[directory]] under /var")
     for link in bundle.links:
         if link.path.is_relative_to("/var"):
             raise _unsupported(link.location, "a [[link]] under /var")
-    for hook in bundle.hooks:
-        if hook.stage is Stage.BOOT:
-            raise _unsupported(hook.location, 'stage = "boot"')
+    steps: list[Hook | Playbook] = [*bundle.hooks, *bundle.playbooks]
+    for step in steps:
+        if step.stage is Stage.BOOT:
+            raise _unsupported(step.location, 'stage = "boot" (run by tether converge)')
     if bundle.swap is not None:
         raise _unsupported(bundle.swap.location, "[swap]")
     for section, resources in (
         ("[[user]]", bundle.users),
         ("[[group]]", bundle.groups),
         ("[[mount]]", bundle.mounts),
-        ("[[ansible]]", bundle.playbooks),
     ):
         for resource in resources:
             raise _unsupported(resource.location, section)
@@ -214,10 +230,11 @@ def _unit_file_name(name: str) -> str:
 
 def _units(bundle: Bundle, tree: OsTree, read_source: SourceReader) -> Iterator[TreeEdit]:
     for unit in bundle.units:
-        yield from _unit(unit, tree, read_source)
+        yield from unit_edits(unit, tree, read_source)
 
 
-def _unit(unit: Unit, tree: OsTree, read_source: SourceReader) -> Iterator[TreeEdit]:
+def unit_edits(unit: Unit, tree: OsTree, read_source: SourceReader) -> Iterator[TreeEdit]:
+    """A unit file, its drop-ins and the links that give it its declared enablement."""
     file_name = _unit_file_name(unit.name)
     if unit.source is not None:
         text = read_source(unit.source)
