@@ -14,12 +14,13 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -248,13 +249,13 @@ def default_cache_dir() -> Path:
 DEFAULT_CACHE_DIR = default_cache_dir()
 
 
-def debian_recipe_hash() -> str:
+def debian_recipe_hash(extra_packages: Sequence[str] = ()) -> str:
     """Names the cached Debian tree: changes whenever what goes into the tree does."""
     recipe = "\n".join(
         [
             DEBIAN_SUITE,
             DEBIAN_VARIANT,
-            ",".join(DEBIAN_PACKAGES),
+            ",".join((*DEBIAN_PACKAGES, *extra_packages)),
             str(DEBIAN_CONVERSION_VERSION),
             KERNEL_VERSION,
             TMPFILES_VAR_CONF,
@@ -263,7 +264,17 @@ def debian_recipe_hash() -> str:
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
-def debian_tree(cache_dir: Path | None = None, *, dest: Path | None = None) -> Path:
+def _debian_prefix(extra_packages: Sequence[str]) -> str:
+    # each package set is cached on its own, so variants never evict each other
+    if not extra_packages:
+        return f"debian-{DEBIAN_SUITE}-"
+    label = hashlib.sha256(",".join(extra_packages).encode()).hexdigest()[:8]
+    return f"debian-{DEBIAN_SUITE}-plus{label}-"
+
+
+def debian_tree(
+    cache_dir: Path | None = None, *, dest: Path | None = None, extra_packages: Sequence[str] = ()
+) -> Path:
     """Return the root of a Debian bookworm minbase tree in ostree layout.
 
     Built once with debootstrap (needs root and the Debian mirror) into
@@ -273,14 +284,15 @@ def debian_tree(cache_dir: Path | None = None, *, dest: Path | None = None) -> P
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    name = f"debian-{DEBIAN_SUITE}-{debian_recipe_hash()}"
+    prefix = _debian_prefix(extra_packages)
+    name = f"{prefix}{debian_recipe_hash(extra_packages)}"
     tar_path = cache_dir / f"{name}.tar"
     with _locked(cache_dir / f"{name}.lock"):
         # We hold the lock: any work directory left here is from a killed build or extraction.
         for stale in cache_dir.glob(f".{name}.*"):
             _remove_tree(stale)
         if not tar_path.exists():
-            _build_debian_tar(cache_dir, name, tar_path)
+            _build_debian_tar(cache_dir, name, tar_path, prefix, (*DEBIAN_PACKAGES, *extra_packages))
         if dest is not None:
             dest = Path(dest)
             dest.mkdir(parents=True, exist_ok=True)
@@ -314,7 +326,9 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build_debian_tar(cache_dir: Path, name: str, tar_path: Path) -> None:
+def _build_debian_tar(
+    cache_dir: Path, name: str, tar_path: Path, prefix: str, packages: Sequence[str]
+) -> None:
     if shutil.which("debootstrap") is None:
         raise DebootstrapMissing(
             "debootstrap is not installed: it is needed once to build the cached Debian test tree "
@@ -328,7 +342,7 @@ def _build_debian_tar(cache_dir: Path, name: str, tar_path: Path) -> None:
         cmd = [
             "debootstrap",
             f"--variant={DEBIAN_VARIANT}",
-            f"--include={','.join(DEBIAN_PACKAGES)}",
+            f"--include={','.join(packages)}",
             DEBIAN_SUITE,
             str(root),
             DEBIAN_MIRROR,
@@ -351,14 +365,15 @@ def _build_debian_tar(cache_dir: Path, name: str, tar_path: Path) -> None:
             f"build_seconds={time.monotonic() - started:.1f}\n"
             f"entries={count_entries(root)}\n"
             f"tar_bytes={tmp_tar.stat().st_size}\n"
-            f"packages={','.join(DEBIAN_PACKAGES)}\n"
+            f"packages={','.join(packages)}\n"
             f"mirror={DEBIAN_MIRROR}\n"
         )
         # The tar appears under its final name only when complete: a killed build leaves none.
         tmp_tar.rename(tar_path)
         # Trees of older recipes are dead weight (~300 MB each with their extraction).
-        for old in cache_dir.glob(f"debian-{DEBIAN_SUITE}-*"):
-            if not old.name.startswith(name):
+        for old in cache_dir.glob(f"{prefix}*"):
+            recipe = old.name[len(prefix) :].split(".")[0]
+            if re.fullmatch(r"[0-9a-f]{16}", recipe) and not old.name.startswith(name):
                 _remove_tree(old)
     finally:
         _remove_tree(work)

@@ -217,15 +217,25 @@ class World:
     def snapshot(self) -> dict[str, Any]:
         """What SPEC's "as it was" covers: deployments, origins, /etc, kargs, boot entries, /var, remotes."""
         deploy = self.sysroot / "ostree/deploy"
-        state: dict[str, Any] = {"deployments": self.status()}
+        deployments = self.status()
+        state: dict[str, Any] = {"deployments": deployments}
+        # deployment directories nothing references (a crash before the switch leaves
+        # one) are not state: the next run removes them
+        for d in deployments:
+            name = f"{d['checksum']}.{d['serial']}"
+            base = deploy / d["stateroot"]
+            origin = (base / "deploy" / f"{name}.origin").read_text()
+            state[f"origin:{name}"] = origin
+            state[f"etc:{name}"] = _tree_digest(base / "deploy" / name / "etc")
+            for line in origin.splitlines():
+                if line.startswith("ledger-id="):
+                    entry = base / "var/lib/tether/ledger" / f"{line.split('=', 1)[1]}.json"
+                    state[f"ledger:{name}"] = entry.read_text() if entry.exists() else None
         for stateroot in sorted(p.name for p in deploy.iterdir()):
-            base = deploy / stateroot
-            for entry in sorted((base / "deploy").iterdir()):
-                if entry.name.endswith(".origin"):
-                    state[f"origin:{entry.name}"] = entry.read_text()
-                else:
-                    state[f"etc:{entry.name}"] = _tree_digest(entry / "etc")
-            state[f"var:{stateroot}"] = _tree_digest(base / "var")
+            # tether's own records made before a switch that never happened (ledger
+            # entries, kept copies) are not state either: cleanup removes them
+            var = _tree_digest(deploy / stateroot / "var")
+            state[f"var:{stateroot}"] = {k: v for k, v in var.items() if not k.startswith("lib/tether")}
         boot = self.sysroot / "boot"
         loader = (boot / "loader").resolve()
         state["boot-entries"] = {p.name: p.read_text() for p in sorted((loader / "entries").glob("*.conf"))}

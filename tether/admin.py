@@ -61,13 +61,21 @@ def describe(sysroot: Sysroot, deployment: Deployment, rollback: Deployment | No
             "remote": deployment.origin_value("tether", "remote"),
             "bound_to": binding,
         }
-    steps: list[dict[str, str]] = []
+    steps: list[dict[str, Any]] = []
     ledger_id = deployment.origin_value("tether", "ledger-id")
     if ledger_id:
         entry = ledger.read(sysroot.stateroot_var(deployment.stateroot), ledger_id)
         if entry is not None:
             steps = [
-                {"kind": s.kind, "name": s.name, "stage": s.stage, "status": s.status} for s in entry.steps
+                {
+                    "kind": s.kind,
+                    "name": s.name,
+                    "stage": s.stage,
+                    "status": s.status,
+                    "summary": s.summary,
+                    "paths": entry.owned_paths(s.name),
+                }
+                for s in entry.steps
             ]
     return {
         "stateroot": deployment.stateroot,

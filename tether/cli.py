@@ -37,8 +37,9 @@ exit codes:
   2   bad usage or invalid input (nothing changed)
   3   the bundle is bound to no OS commit that can be found (nothing changed)
   4   signature, ref binding or integrity check failed, or a downgrade (nothing changed)
+  5   drift: differences found
   6   another operation holds the sysroot lock past --lock-timeout
-  77  upgrade --check: no update available
+  77  upgrade --check or --preview: no update available
 
 Offline sysroots (--sysroot DIR): there is no booted deployment, so the merge
 deployment is the default one of the stateroot, and --reboot is refused.
@@ -179,6 +180,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     mode = upg.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="pull metadata only and say what would change")
+    mode.add_argument(
+        "--preview",
+        action="store_true",
+        help="also fetch and compose; show the karg changes, the /etc paths reset, "
+        "and the new defaults that local edits shadow",
+    )
     upg.add_argument(
         "--allow-downgrade", action="store_true", help="allow an OS commit older than the deployed"
     )
@@ -201,6 +208,16 @@ def _parser() -> argparse.ArgumentParser:
     command(
         "rollback", "make the other deployment the default", "Like 'ostree admin' / 'rpm-ostree rollback'."
     )
+    dr = command(
+        "drift",
+        "what differs from the declaration",
+        """\
+        For the current deployment (booted, or offline the default one): enforced files edited,
+        /etc paths changed since a bundle step wrote them, conflicts kept at the last upgrade,
+        declared kargs missing, owned kargs no longer declared, units not in their declared
+        state, and local /etc copies that shadow a newer OS default. Exit 5 when anything differs.""",
+    )
+    dr.add_argument("--json", action="store_true", help='print {"deployment": ..., "findings": [...]}')
     command(
         "cleanup",
         "remove what no deployment references",
@@ -312,6 +329,14 @@ def cmd_upgrade(args: argparse.Namespace, switch: bool = False) -> int:
     from tether.upgrade import BundleSource, upgrade
 
     _reboot_refused(args)
+    if getattr(args, "preview", False):
+        from tether.preview import preview
+
+        shown = preview(
+            args.sysroot, args.stateroot, lock_timeout=args.lock_timeout, progress=_progress(), report=_report
+        )
+        print("\n".join(shown.lines()))
+        return 0
     outcome = upgrade(
         args.sysroot,
         args.stateroot,
@@ -357,7 +382,9 @@ def _status_text(deployments: list[dict[str, Any]]) -> str:
             lines.append(f"     Bound to: {len(bundle['bound_to'])} OS commit(s)")
         lines.append(f"        Kargs: {' '.join(d['kernel_arguments']) or '(none)'}")
         if d["steps"]:
-            steps = ", ".join(f"{s['kind']} {s['name']}: {s['status']}" for s in d["steps"])
+            steps = ", ".join(
+                f"{s['kind']} {s['name']}: {s['status']}, owns {s['paths']} /etc path(s)" for s in d["steps"]
+            )
             lines.append(f"        Steps: {steps}")
     return "\n".join(lines)
 
@@ -373,6 +400,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(_status_text(deployments))
     return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from tether.drift import as_json, drift
+
+    deployment, findings = drift(args.sysroot, args.stateroot)
+    if args.json:
+        print(json.dumps(as_json(deployment, findings), indent=2))
+    elif not findings:
+        print(f"No drift: {deployment.name} is as its bundle declares.")
+    else:
+        print(f"{len(findings)} difference(s) from the declaration in {deployment.name}:")
+        for finding in findings:
+            print(f"  {finding.kind:16} {finding.subject}: {finding.detail}")
+    return 5 if findings else 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -414,6 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "switch": lambda a: cmd_upgrade(a, switch=True),
         "status": cmd_status,
         "rollback": cmd_rollback,
+        "drift": cmd_drift,
         "cleanup": cmd_cleanup,
     }
     if args.command is None:
