@@ -21,6 +21,7 @@ from tether.compose import (
     KEY_BUNDLE_REF,
     KEY_BUNDLE_VERSION,
     KEY_KARGS,
+    KEY_KARGS_ABSENT,
     KEY_OS_COMMITS,
     KEY_OS_REF,
 )
@@ -87,6 +88,7 @@ def build_bundle(
             KEY_BUNDLE_REF: ref,
             # lets `upgrade --check` tell karg changes from the commit alone
             KEY_KARGS: list(bundle.kernel.arguments),
+            KEY_KARGS_ABSENT: list(bundle.kernel.absent),
         },
         timestamp=timestamp,
         canonical=True,

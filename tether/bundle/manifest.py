@@ -14,6 +14,7 @@ everything that touches the bundle's files in `tether.bundle.paths`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import tomllib
@@ -23,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from tether.bundle import values
+from tether.bundle.ignition import load_ignition
 from tether.bundle.locate import KeyPath, format_key, key_lines, line_of
 from tether.bundle.model import (
     ROOT,
@@ -95,7 +97,58 @@ def load_bundle(directory: Path) -> Bundle:
     context = _Context(manifest, root, lines)
     bundle = _bundle(context, _Table(context, (), document))
     scan_bundle(root, bundle.info.max_size or MAX_BUNDLE_SIZE)
+    if bundle.info.ignition is not None:
+        bundle = _with_ignition(bundle, PurePosixPath(bundle.info.ignition))
     return bundle
+
+
+def _with_ignition(bundle: Bundle, config: PurePosixPath) -> Bundle:
+    """The manifest's resources plus those of its Ignition config; the same path twice is an error."""
+    shown = Path(bundle.manifest).parent / config
+    raw = read_confined(bundle.root, config)
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ManifestError(shown, line, None, "not UTF-8 text") from None
+
+    def source(relative: PurePosixPath, location: Location) -> bytes:
+        try:
+            return read_confined(bundle.root, relative)
+        except ManifestError as error:
+            raise ManifestError(location.file, location.line, location.key, error.message) from None
+
+    found = load_ignition(shown, text, source)
+    seen: dict[str, Location] = {}
+    resources: list[File | Directory | Link] = [*bundle.files, *bundle.directories, *bundle.links]
+    resources += [*found.files, *found.directories, *found.links]
+    for resource in resources:
+        key = str(resource.path)
+        if key in seen:
+            where = resource.location
+            raise ManifestError(where.file, where.line, where.key, f"{key} is also declared at {seen[key]}")
+        seen[key] = resource.location
+    for names, what in (
+        ([u.name for u in (*bundle.units, *found.units)], "unit"),
+        ([u.name for u in (*bundle.users, *found.users)], "user"),
+        ([g.name for g in (*bundle.groups, *found.groups)], "group"),
+    ):
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ManifestError(
+                shown, None, None, f"{what} {duplicates[0]} is declared twice (manifest and Ignition)"
+            )
+    kargs = tuple(dict.fromkeys((*bundle.kernel.arguments, *found.kargs)))
+    return dataclasses.replace(
+        bundle,
+        kernel=dataclasses.replace(bundle.kernel, arguments=kargs, absent=tuple(found.kargs_absent)),
+        files=(*bundle.files, *found.files),
+        directories=(*bundle.directories, *found.directories),
+        links=(*bundle.links, *found.links),
+        units=(*bundle.units, *found.units),
+        users=(*bundle.users, *found.users),
+        groups=(*bundle.groups, *found.groups),
+    )
 
 
 def _syntax_error(manifest: Path, text: str, message: str) -> ManifestError:

@@ -73,6 +73,7 @@ class BundleInfo:
 class KernelArguments:
     arguments: tuple[str, ...] = ()
     location: Location | None = None
+    absent: tuple[str, ...] = ()  # must not be on the command line, even as the admin's (Ignition)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class File:
     group: Owner
     policy: FilePolicy
     location: Location
+    append: bytes | None = None  # added to the end of the OS default (Ignition's append)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ class Unit:
     state: UnitState | None  # None: leave the enablement as the OS has it
     dropins: tuple[tuple[str, PurePosixPath], ...]  # (file name, source), declared order
     location: Location
+    content: bytes | None = None  # the unit file given inline (Ignition) instead of a source
+    dropin_contents: tuple[tuple[str, bytes], ...] = ()  # inline drop-ins (Ignition)
 
 
 @dataclass(frozen=True)

@@ -22,19 +22,25 @@ class KargPlan:
     removed: tuple[str, ...]  # owned kargs the new bundle no longer declares
 
 
-def plan_kargs(current: Sequence[str], previously_added: Sequence[str], declared: Sequence[str]) -> KargPlan:
+def plan_kargs(
+    current: Sequence[str],
+    previously_added: Sequence[str],
+    declared: Sequence[str],
+    absent: Sequence[str] = (),
+) -> KargPlan:
+    """`absent` (Ignition's shouldNotExist) go even when they are the admin's: an explicit "must not"."""
     current = [k for k in current if not k.startswith("ostree=")]
     declared_set = set(declared)
     owned_before = set(previously_added)
 
-    # drop what tether added last time and the new bundle no longer declares
-    removed = tuple(k for k in current if k in owned_before and k not in declared_set)
+    # drop what tether added last time and the new bundle no longer declares, and what must not be
+    removed = tuple(k for k in current if (k in owned_before and k not in declared_set) or k in absent)
     kept = [k for k in current if k not in removed]
 
     added: list[str] = [k for k in kept if k in owned_before and k in declared_set]
     result = list(kept)
     for karg in declared:
-        if karg.startswith("ostree="):
+        if karg.startswith("ostree=") or karg in absent:
             continue
         if karg not in result:
             result.append(karg)

@@ -16,15 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from tether.accounts import sysusers_conf
 from tether.bundle.model import (
     Bundle,
     File,
     FilePolicy,
-    Hook,
     Location,
     Owner,
-    Playbook,
-    Stage,
     Unit,
     UnitState,
 )
@@ -100,8 +98,6 @@ def _unsupported(location: Location | None, what: str) -> ManifestError:
 def check_supported(bundle: Bundle) -> None:
     """Refuse what this version cannot apply yet rather than ignore it silently."""
     for f in bundle.files:
-        if f.path.is_relative_to("/var"):
-            raise _unsupported(f.location, "a [[file]] under /var")
         if f.policy is FilePolicy.ENFORCE and not f.path.is_relative_to("/etc"):
             raise ManifestError(
                 f.location.file,
@@ -109,27 +105,6 @@ def check_supported(bundle: Bundle) -> None:
                 f"{f.location.key}.policy",
                 'policy = "enforce" is for files in /etc',
             )
-    for d in bundle.directories:
-        if d.path.is_relative_to("/var"):
-            raise _unsupported(d.location, "a [[directory]] under /var")
-    for link in bundle.links:
-        if link.path.is_relative_to("/var"):
-            raise _unsupported(link.location, "a [[link]] under /var")
-    steps: list[Hook | Playbook] = [*bundle.hooks, *bundle.playbooks]
-    for step in steps:
-        if step.stage is Stage.BOOT:
-            raise _unsupported(step.location, 'stage = "boot" (run by tether converge)')
-    if bundle.swap is not None:
-        raise _unsupported(bundle.swap.location, "[swap]")
-    for section, resources in (
-        ("[[user]]", bundle.users),
-        ("[[group]]", bundle.groups),
-        ("[[mount]]", bundle.mounts),
-    ):
-        for resource in resources:
-            raise _unsupported(resource.location, section)
-    if bundle.info.ignition is not None:
-        raise _unsupported(bundle.info.location, "[bundle] ignition")
 
 
 def tree_path(path: PurePosixPath) -> PurePosixPath:
@@ -143,9 +118,12 @@ def tree_path(path: PurePosixPath) -> PurePosixPath:
 class _Accounts:
     """Owner names resolved against the OS tree's passwd/group files."""
 
-    def __init__(self, tree: OsTree) -> None:
+    def __init__(self, tree: OsTree, bundle: Bundle) -> None:
         self.users = self._load(tree, ("usr/etc/passwd", "usr/lib/passwd"))
         self.groups = self._load(tree, ("usr/etc/group", "usr/lib/group"))
+        # the bundle's own accounts, where it gives their ids
+        self.users.update({u.name: u.uid for u in bundle.users if u.uid is not None})
+        self.groups.update({g.name: g.gid for g in bundle.groups if g.gid is not None})
 
     @staticmethod
     def _load(tree: OsTree, paths: tuple[str, ...]) -> dict[str, int]:
@@ -177,23 +155,71 @@ class _Accounts:
         return self.resolve(group, self.groups, "group", location, "group")
 
 
-def _files(bundle: Bundle, accounts: _Accounts, read_source: SourceReader) -> Iterator[TreeEdit]:
+def _in_tree(path: PurePosixPath) -> bool:
+    # /var is machine state, shared by deployments: made by converge at boot, not composed
+    return not path.is_relative_to("/var")
+
+
+def _files(
+    bundle: Bundle, accounts: _Accounts, read_source: SourceReader, tree: OsTree
+) -> Iterator[TreeEdit]:
     for d in bundle.directories:
-        yield TreeDir(
-            tree_path(d.path), d.mode, accounts.uid(d.owner, d.location), accounts.gid(d.group, d.location)
-        )
+        if _in_tree(d.path):
+            uid, gid = accounts.uid(d.owner, d.location), accounts.gid(d.group, d.location)
+            yield TreeDir(tree_path(d.path), d.mode, uid, gid)
     for f in bundle.files:
-        yield _file(f, accounts, read_source)
+        if _in_tree(f.path):
+            yield _file(f, accounts, read_source, tree)
     for link in bundle.links:
-        yield TreeSymlink(tree_path(link.path), link.target)
+        if _in_tree(link.path):
+            yield TreeSymlink(tree_path(link.path), link.target)
 
 
-def _file(f: File, accounts: _Accounts, read_source: SourceReader) -> TreeFile:
+def unit_name_for_path(path: str, suffix: str) -> str:
+    """`systemd-escape --path --suffix=SUFFIX PATH`."""
+    escaped = []
+    for i, char in enumerate(path.strip("/")):
+        if char == "/":
+            escaped.append("-")
+        elif char.isalnum() or char in ":_" or (char == "." and i > 0):
+            escaped.append(char)
+        else:
+            escaped.append("".join(f"\\x{b:02x}" for b in char.encode()))
+    return "".join(escaped) + "." + suffix
+
+
+def _swap(bundle: Bundle) -> Iterator[TreeEdit]:
+    """A swap unit in the tree activates the swap file converge makes (or the partition)."""
+    swap = bundle.swap
+    if swap is None:
+        return
+    what = str(swap.file) if swap.file is not None else str(swap.device)
+    if what.startswith("LABEL="):
+        what = f"/dev/disk/by-label/{what.removeprefix('LABEL=')}"
+    elif what.startswith("UUID="):
+        what = f"/dev/disk/by-uuid/{what.removeprefix('UUID=')}"
+    name = unit_name_for_path(what, "swap")
+    body = f"# managed by tether: bundle {bundle.info.name}\n"
+    body += f"[Unit]\nDescription=Swap declared by bundle {bundle.info.name}\n"
+    if swap.file is not None:
+        body += "After=tether-converge.service\n"
+    body += f"\n[Swap]\nWhat={what}\n"
+    if swap.priority is not None:
+        body += f"Priority={swap.priority}\n"
+    yield TreeFile(UNIT_DIR / name, body.encode())
+    yield TreeSymlink(UNIT_DIR / "swap.target.wants" / name, f"../{name}")
+
+
+def _file(f: File, accounts: _Accounts, read_source: SourceReader, tree: OsTree) -> TreeFile:
     if f.content is not None:
         content = f.content
-    else:
-        assert f.source is not None
+    elif f.source is not None:
         content = read_source(f.source)
+    else:
+        # only appended to: what the OS ships, then the addition
+        content = tree.read(tree_path(f.path)) or b""
+    if f.append is not None:
+        content += f.append
     return TreeFile(
         tree_path(f.path),
         content,
@@ -236,7 +262,10 @@ def _units(bundle: Bundle, tree: OsTree, read_source: SourceReader) -> Iterator[
 def unit_edits(unit: Unit, tree: OsTree, read_source: SourceReader) -> Iterator[TreeEdit]:
     """A unit file, its drop-ins and the links that give it its declared enablement."""
     file_name = _unit_file_name(unit.name)
-    if unit.source is not None:
+    if unit.content is not None:
+        text = unit.content
+        yield TreeFile(UNIT_DIR / file_name, text)
+    elif unit.source is not None:
         text = read_source(unit.source)
         yield TreeFile(UNIT_DIR / file_name, text)
     else:
@@ -258,6 +287,8 @@ def unit_edits(unit: Unit, tree: OsTree, read_source: SourceReader) -> Iterator[
         text = found
     for dropin, source in unit.dropins:
         yield TreeFile(UNIT_DIR / f"{unit.name}.d" / dropin, read_source(source))
+    for dropin, content in unit.dropin_contents:
+        yield TreeFile(UNIT_DIR / f"{unit.name}.d" / dropin, content)
 
     if unit.state is None:
         return
@@ -327,9 +358,13 @@ def _system(bundle: Bundle, tree: OsTree) -> Iterator[TreeEdit]:
 def plan_tree(bundle: Bundle, tree: OsTree, read_source: SourceReader) -> list[TreeEdit]:
     """The edits that turn the OS tree into the composed tree (the bundle copy excepted)."""
     check_supported(bundle)
-    accounts = _Accounts(tree)
+    accounts = _Accounts(tree, bundle)
     edits: list[TreeEdit] = []
-    edits += _files(bundle, accounts, read_source)
+    edits += _files(bundle, accounts, read_source, tree)
     edits += _units(bundle, tree, read_source)
     edits += _system(bundle, tree)
+    edits += _swap(bundle)
+    if bundle.users or bundle.groups:
+        conf = PurePosixPath(f"usr/lib/sysusers.d/tether-{bundle.info.name}.conf")
+        edits.append(TreeFile(conf, sysusers_conf(bundle).encode()))
     return edits
