@@ -45,16 +45,22 @@ http {{
         listen 127.0.0.1:{port};
         root {root};
         autoindex on;
+        {limit_rate}
     }}
 }}
 """
 
 
 @contextlib.contextmanager
-def serve_directory(directory: Path, work: Path | None = None) -> Iterator[str]:
+def serve_directory(
+    directory: Path, work: Path | None = None, *, port: int | None = None, limit_rate: str | None = None
+) -> Iterator[str]:
     """Serve `directory` over HTTP; yield the base URL (`http://127.0.0.1:PORT`, no slash).
 
     `work` holds nginx's own files; by default a temporary directory removed afterwards.
+    `port` serves on that port (e.g. again after a stop) instead of a free one;
+    `limit_rate` (nginx's, per connection, e.g. "512k") slows transfers down. The
+    access log is `work/access.log`.
     """
     with contextlib.ExitStack() as stack:
         if work is None:
@@ -62,10 +68,12 @@ def serve_directory(directory: Path, work: Path | None = None) -> Iterator[str]:
         work.mkdir(parents=True, exist_ok=True)
         # The port is chosen before nginx binds it, so another process may take it
         # first: try a few.
+        chosen = port
         for attempt in range(3):
-            port = _free_port()
+            port = chosen or _free_port()
             config = work / "nginx.conf"
-            config.write_text(CONFIG.format(work=work, port=port, root=directory.resolve()))
+            rate = f"limit_rate {limit_rate};" if limit_rate else ""
+            config.write_text(CONFIG.format(work=work, port=port, root=directory.resolve(), limit_rate=rate))
             process = subprocess.Popen(
                 [NGINX, "-p", str(work), "-e", str(work / "error.log"), "-c", str(config)],
                 stdin=subprocess.DEVNULL,

@@ -9,6 +9,7 @@ under the sysroot lock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,13 @@ class RollbackResult:
     previous_version: str
 
 
-def rollback(sysroot_path: Path, stateroot: str | None, lock_timeout: float) -> RollbackResult:
-    with SysrootSession(sysroot_path, lock_timeout) as session:
+def rollback(
+    sysroot_path: Path,
+    stateroot: str | None,
+    lock_timeout: float,
+    report: Callable[[str], None] | None = None,
+) -> RollbackResult:
+    with SysrootSession(sysroot_path, lock_timeout, report) as session:
         sysroot = session.sysroot
         stateroot = session.stateroot(stateroot)
         deployments = sysroot.deployments()
@@ -140,8 +146,13 @@ class CleanupResult:
     ledger_entries: list[str]
 
 
-def cleanup(sysroot_path: Path, stateroot: str | None, lock_timeout: float) -> CleanupResult:
-    with SysrootSession(sysroot_path, lock_timeout) as session:
+def cleanup(
+    sysroot_path: Path,
+    stateroot: str | None,
+    lock_timeout: float,
+    report: Callable[[str], None] | None = None,
+) -> CleanupResult:
+    with SysrootSession(sysroot_path, lock_timeout, report) as session:
         sysroot = session.sysroot
         deployments = sysroot.deployments()
         dirs: list[str] = []
@@ -160,5 +171,14 @@ def cleanup(sysroot_path: Path, stateroot: str | None, lock_timeout: float) -> C
                 if ledger_id not in live:
                     ledger.remove(var, ledger_id)
                     entries.append(ledger_id)
+            # the bytes of earlier versions only the remaining ledgers can still ask for
+            kept = {
+                record.pre.sha256
+                for ledger_id in ledger.entries(var)
+                if (entry := ledger.read(var, ledger_id)) is not None
+                for record in entry.paths
+                if record.pre is not None and record.pre.sha256
+            }
+            ledger.prune_blobs(var, kept)
         sysroot.cleanup()  # unreferenced boot dirs, and the prune of now unreferenced objects
     return CleanupResult(dirs, refs, entries)

@@ -190,6 +190,11 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-downgrade", action="store_true", help="allow an OS commit older than the deployed"
     )
     upg.add_argument("--reboot", action="store_true", help="reboot when done (refused offline)")
+    upg.add_argument(
+        "--auto",
+        action="store_true",
+        help="do what /etc/tether/upgrade.conf's policy says (none, check, stage, apply); for the timer",
+    )
 
     sw = command(
         "switch",
@@ -208,6 +213,39 @@ def _parser() -> argparse.ArgumentParser:
     command(
         "rollback", "make the other deployment the default", "Like 'ostree admin' / 'rpm-ostree rollback'."
     )
+    bk = command(
+        "backup",
+        "save the machine's own state",
+        """\
+        Write FILE (mode 0600): the /etc local changes against the deployment's defaults (and the
+        defaults removed), /var less /var/tmp, /var/cache and container storage, the origin, the
+        remote and its keys, and tether's ledger; owners, modes, xattrs and ACLs kept (GNU tar).
+        machine-id and SSH host keys only with --with-identity.""",
+    )
+    bk.add_argument("--output", "-o", type=Path, required=True, metavar="FILE")
+    bk.add_argument("--with-identity", action="store_true", help="include machine-id and SSH host keys")
+    rs = command(
+        "restore",
+        "reprovision from a backup",
+        """\
+        Restore FILE onto a sysroot where the backup's bundle is installed (as after tether
+        install): its /etc changes and /var come back. With --install, an empty sysroot is first
+        installed from the remote and bundle the backup records.""",
+    )
+    rs.add_argument("file", type=Path, metavar="FILE")
+    rs.add_argument(
+        "--install", action="store_true", help="install the recorded bundle first (empty sysroot)"
+    )
+    command(
+        "converge",
+        "boot-time: /var resources, boot steps, late /etc edits",
+        """\
+        Run at boot by tether-converge.service (offline: for the default deployment): make the
+        deployment's declared /var directories, files, links, SSH authorized keys and swap file,
+        remove those tether made that it no longer declares (only if unchanged), run its
+        boot-stage steps once, and on its first boot report /etc edits made on the previous
+        deployment after the upgrade. Offline, swapon/swapoff are not run.""",
+    )
     dr = command(
         "drift",
         "what differs from the declaration",
@@ -223,6 +261,16 @@ def _parser() -> argparse.ArgumentParser:
         "remove what no deployment references",
         "Remove unreferenced deployment directories, composed commits and ledger entries.",
     )
+    hl = command(
+        "health",
+        "boot health checks and verdict (run at boot by tether's units)",
+        """\
+        check: run the executables in /usr/lib/tether/health/ and /etc/tether/health/ required.d
+        (a failure fails the boot) and wanted.d (reported only). verdict: on a running system,
+        record whether this boot reached boot-complete.target; if the booted deployment failed
+        before it ever booted well, make the previous deployment the default and reboot.""",
+    )
+    hl.add_argument("action", choices=["check", "verdict"])
     return parser
 
 
@@ -328,6 +376,20 @@ def cmd_install(args: argparse.Namespace) -> int:
 def cmd_upgrade(args: argparse.Namespace, switch: bool = False) -> int:
     from tether.upgrade import BundleSource, upgrade
 
+    if getattr(args, "auto", False):
+        from tether.autoupdate import Policy, read_policy
+        from tether.edge.ostree import Sysroot
+        from tether.sysroot import resolve_stateroot
+
+        sysroot = Sysroot(args.sysroot)
+        sysroot.load()
+        merge = sysroot.merge_deployment(resolve_stateroot(sysroot, args.stateroot))
+        policy = read_policy(sysroot.deployment_dir(merge)) if merge is not None else Policy.NONE
+        if policy is Policy.NONE:
+            print("Automatic upgrades are off (policy none in /etc/tether/upgrade.conf).")
+            return 0
+        args.check = policy is Policy.CHECK
+        args.reboot = policy is Policy.APPLY
     _reboot_refused(args)
     if getattr(args, "preview", False):
         from tether.preview import preview
@@ -402,6 +464,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from tether.backup import backup
+
+    result = backup(
+        args.sysroot,
+        args.stateroot,
+        args.output,
+        with_identity=args.with_identity,
+        lock_timeout=args.lock_timeout,
+        report=_report,
+    )
+    print(
+        f"Wrote {result.path} (mode 0600): {result.etc_entries} /etc changes, {result.etc_removed} removed "
+        f"defaults, and /var, of {result.deployment}"
+    )
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from tether.backup import install_from_backup, restore
+
+    if args.install:
+        install_from_backup(
+            args.sysroot,
+            args.stateroot,
+            args.file,
+            lock_timeout=args.lock_timeout,
+            progress=_progress(),
+            report=_report,
+        )
+    name = restore(args.sysroot, args.stateroot, args.file, lock_timeout=args.lock_timeout, report=_report)
+    print(f"Restored {args.file} onto {name}; run 'tether converge' (or reboot) to reconcile /var.")
+    return 0
+
+
+def cmd_converge(args: argparse.Namespace) -> int:
+    from tether.converge import converge, summary
+
+    print(summary(converge(*_options(args), report=_report)))
+    return 0
+
+
 def cmd_drift(args: argparse.Namespace) -> int:
     from tether.drift import as_json, drift
 
@@ -420,7 +524,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from tether.admin import rollback
 
-    result = rollback(*_options(args))
+    result = rollback(*_options(args), report=_report)
     print(
         f"Default at next boot: {result.default_version} ({result.default.name[:12]}…); rollback: "
         f"{result.previous_version} ({result.previous.name[:12]}…)"
@@ -431,12 +535,30 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from tether.admin import cleanup
 
-    result = cleanup(*_options(args))
+    result = cleanup(*_options(args), report=_report)
     print(
         f"Removed unreferenced: {len(result.deployment_dirs)} deployment directories, "
         f"{len(result.compose_refs)} composed commits, {len(result.ledger_entries)} ledger entries."
     )
     return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from tether import health
+    from tether.edge.run import run
+
+    if args.action == "check":
+        results = health.run_checks()
+        for r in results:
+            print(f"{'ok' if r.ok else 'FAILED'}: {r.path}{'' if r.required else ' (wanted)'}: {r.detail}")
+        return 1 if any(r.required and not r.ok for r in results) else 0
+    if args.sysroot.resolve() != Path("/"):
+        raise UsageError("health verdict judges the running boot; it is refused with an offline --sysroot")
+    verdict = health.verdict(*_options(args))
+    print(verdict.message, flush=True)
+    if verdict.rolled_back:
+        run(["systemctl", "reboot", "--no-block"])
+    return 0 if verdict.healthy else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -458,6 +580,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rollback": cmd_rollback,
         "drift": cmd_drift,
         "cleanup": cmd_cleanup,
+        "converge": cmd_converge,
+        "backup": cmd_backup,
+        "restore": cmd_restore,
+        "health": cmd_health,
     }
     if args.command is None:
         parser.print_help()
@@ -470,6 +596,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TetherError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # the host failed us (disk full, I/O error, permissions): one line, the details with -v
+        logging.getLogger("tether").debug("%s", e, exc_info=True)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"{PROG}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

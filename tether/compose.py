@@ -28,7 +28,7 @@ from tether.errors import NotBoundError, UsageError
 from tether.plan.tree import BUNDLE_COPY, TreeSubtree, plan_tree
 
 # bump when the composed tree for the same inputs changes
-COMPOSE_FORMAT = 1
+COMPOSE_FORMAT = 2
 COMPOSE_REF_PREFIX = "tether/compose"
 
 KEY_OS_COMMITS = "tether.os-commits"
@@ -39,6 +39,7 @@ KEY_OS_COMMIT = "tether.os-commit"
 KEY_BUNDLE_COMMIT = "tether.bundle-commit"
 KEY_BUNDLE_REF = "tether.bundle-ref"
 KEY_KARGS = "tether.kernel-arguments"
+KEY_KARGS_ABSENT = "tether.kernel-arguments-absent"  # must not be there, even as the admin's
 KEY_BINDING = "tether.bundle-os-commits"  # the bundle's binding, kept after the bundle commit is pruned
 
 # OS commit metadata that stays true of the composed tree
@@ -69,8 +70,8 @@ def bound_os_commits(repo: Repo, bundle_commit: str) -> tuple[str, ...]:
 
 
 def checkout_bundle(repo: Repo, bundle_commit: str, destination: Path) -> Bundle:
-    """The bundle as committed, checked out as copies and validated again."""
-    repo.checkout(bundle_commit, destination)
+    """The bundle as committed, checked out and validated again (it is only read)."""
+    repo.checkout_to_read(bundle_commit, destination)
     return load_bundle(destination)
 
 
@@ -90,6 +91,8 @@ def compose(
         raise UsageError(f"no bundle commit {bundle_rev} in {repo.path}")
     if os_commit not in bound_os_commits(repo, bundle_commit):
         raise NotBoundError(f"bundle commit {bundle_commit} is not bound to OS commit {os_commit}")
+    for checksum in (os_commit, bundle_commit):
+        repo.verify_metadata(checksum)  # the trees are read below, and a pull does not check them
 
     content = content_id(os_commit, bundle_commit)
     ref = compose_ref(content)
@@ -118,6 +121,7 @@ def compose(
                 KEY_BUNDLE_NAME: bundle.info.name,
                 KEY_BUNDLE_VERSION: bundle.info.version,
                 KEY_KARGS: list(bundle.kernel.arguments),
+                KEY_KARGS_ABSENT: list(bundle.kernel.absent),
                 KEY_BINDING: list(bound_os_commits(repo, bundle_commit)),
             }
         )

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tether.etcstate import Image
+from tether.etcstate import Image, Snapshot
 
 TETHER_VAR = Path("lib/tether")  # relative to a stateroot's var
 LEDGER_DIR = TETHER_VAR / "ledger"
@@ -75,6 +75,8 @@ class LedgerEntry:
     resets: tuple[str, ...] = ()  # paths of the previous ledger reset at this upgrade
     conflicts: tuple[Conflict, ...] = ()  # paths kept because the admin had changed them
     enforced: tuple[Conflict, ...] = ()  # enforced files whose local edit was replaced (and saved)
+    accounts: tuple[str, ...] = ()  # accounts tether's steps made: disabled, never deleted, once undeclared
+    boot_done: bool = False  # converge ran the boot-stage steps at the deployment's first boot
 
     def owned_paths(self, step: str) -> int:
         return sum(1 for p in self.paths if p.step == step)
@@ -136,6 +138,8 @@ def _to_json(entry: LedgerEntry) -> dict[str, Any]:
         "resets": list(entry.resets),
         "conflicts": [{"path": c.path, "saved": c.saved, "reason": c.reason} for c in entry.conflicts],
         "enforced": [{"path": c.path, "saved": c.saved, "reason": c.reason} for c in entry.enforced],
+        "accounts": list(entry.accounts),
+        "boot_done": entry.boot_done,
     }
 
 
@@ -170,6 +174,8 @@ def _from_json(raw: dict[str, Any]) -> LedgerEntry:
         resets=tuple(raw.get("resets", ())),
         conflicts=tuple(Conflict(**c) for c in raw.get("conflicts", ())),
         enforced=tuple(Conflict(**c) for c in raw.get("enforced", ())),
+        accounts=tuple(raw.get("accounts", ())),
+        boot_done=bool(raw.get("boot_done", False)),
     )
 
 
@@ -189,11 +195,28 @@ def read(var: Path, ledger_id: str) -> LedgerEntry | None:
 
 def entries(var: Path) -> list[str]:
     directory = ledger_dir(var)
-    return sorted(p.stem for p in directory.glob("*.json")) if directory.exists() else []
+    if not directory.exists():
+        return []
+    return sorted(p.stem for p in directory.glob("*.json") if not p.name.endswith(".etc.json"))
+
+
+def write_etc_snapshot(var: Path, ledger_id: str, etc: Snapshot) -> None:
+    """The /etc we merged from, as it was at upgrade time: converge compares it at first boot."""
+    data = {path: image.to_json() for path, image in etc.items()}
+    write_atomically(ledger_dir(var) / f"{ledger_id}.etc.json", json.dumps(data, sort_keys=True).encode())
+
+
+def read_etc_snapshot(var: Path, ledger_id: str) -> Snapshot | None:
+    try:
+        raw = json.loads((ledger_dir(var) / f"{ledger_id}.etc.json").read_text())
+    except FileNotFoundError:
+        return None
+    return {path: Image(**image) for path, image in raw.items()}
 
 
 def remove(var: Path, ledger_id: str) -> None:
     (ledger_dir(var) / f"{ledger_id}.json").unlink(missing_ok=True)
+    (ledger_dir(var) / f"{ledger_id}.etc.json").unlink(missing_ok=True)
     shutil.rmtree(var / LOG_DIR / ledger_id, ignore_errors=True)
 
 

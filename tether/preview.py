@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tether import ledger
-from tether.compose import KEY_KARGS, compose
+from tether.compose import KEY_KARGS, KEY_KARGS_ABSENT, compose
 from tether.edge.ostree import RepoTree
 from tether.errors import NoUpdateError
 from tether.etcstate import image_of
@@ -95,7 +95,8 @@ def preview(
         ledger_id = merge.origin_value("tether", "ledger-id")
         previous = ledger.read(var, ledger_id) if ledger_id else None
         declared = [str(k) for k in repo.commit(composed.checksum).metadata.get(KEY_KARGS, [])]
-        kargs = plan_kargs(merge.kernel_arguments, previous.kargs_added if previous else (), declared)
+        absent = [str(k) for k in repo.commit(composed.checksum).metadata.get(KEY_KARGS_ABSENT, [])]
+        kargs = plan_kargs(merge.kernel_arguments, previous.kargs_added if previous else (), declared, absent)
         result = Preview(here, describe_pair(repo, composed.checksum), kargs, merge.kernel_arguments)
         live_root = sysroot.deployment_dir(merge)
         for record in previous.paths if previous else ():

@@ -19,8 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tether import ledger
-from tether.bundle.model import Bundle, FilePolicy
+from tether import fstab, ledger
+from tether.accounts import ACCOUNT_FILES, disable_accounts, merge_account_files, set_password_hashes
+from tether.bundle.model import Bundle, FilePolicy, Stage
+from tether.edge.sandbox import Sandbox, run_in_sandbox
+from tether.errors import CommandError, StepFailedError
 from tether.etcstate import (
     Image,
     Snapshot,
@@ -62,6 +65,8 @@ def reset_previous(
     removals: list[str] = []
     writes: list[tuple[str, Image | None, Path | None]] = []  # (path, image to write, or default to copy)
     for record in previous.paths:
+        if record.path in ACCOUNT_FILES:
+            continue  # merged by entry, and accounts are disabled rather than removed
         live = image_of(confined(live_etc, record.path))
         action = decide(record, live)
         if action is EtcAction.NOTHING:
@@ -154,3 +159,69 @@ class StepRecorder:
             pre_is_default = change.pre is None or change.pre == self.defaults.get(change.path)
             self.records.append(PathRecord(change.path, change.pre, change.post, pre_is_default, name))
         return tuple((f"/etc/{c.path}", c.verb) for c in changes)
+
+
+def prepare_etc(
+    bundle: Bundle,
+    previous: LedgerEntry | None,
+    live_etc: Path | None,
+    new_root: Path,
+    var: Path,
+    ledger_id: str,
+    report: Report,
+) -> EtcOutcome:
+    """Everything the drift rule does to the new /etc before the new bundle's steps run."""
+    outcome = EtcOutcome()
+    if previous is not None and live_etc is not None:
+        outcome = reset_previous(previous, live_etc, new_root, var, ledger_id, report)
+    etc, defaults = new_root / "etc", new_root / "usr/etc"
+    for name in merge_account_files(etc, defaults):
+        report(f"Merged /etc/{name} by entry: kept local entries, added the new OS's")
+    if previous is not None:
+        undeclared = set(previous.accounts) - {u.name for u in bundle.users}
+        for name in disable_accounts(etc, undeclared) if undeclared else []:
+            report(f"Disabled account {name}: no longer declared (its files are kept)")
+    outcome.enforced = enforce_files(bundle, new_root, var, ledger_id, report)
+    if fstab.update(etc, bundle):
+        report("Updated the bundle's lines in /etc/fstab")
+    return outcome
+
+
+def run_sysusers(
+    bundle: Bundle, new_root: Path, var: Path, recorder: StepRecorder, report: Report
+) -> list[ledger.StepRecord]:
+    """The bundle's accounts, made now by the OS's own systemd-sysusers when it has one."""
+    if not (bundle.users or bundle.groups):
+        return []
+    sysusers = next(
+        (p for p in ("usr/bin/systemd-sysusers", "bin/systemd-sysusers") if (new_root / p).exists()), None
+    )
+    records = []
+    if sysusers is None:
+        report("The OS tree has no systemd-sysusers: the bundle's accounts are made at boot")
+    else:
+
+        def make_accounts() -> None:
+            try:
+                run_in_sandbox(Sandbox.deploy(new_root, var), ["/" + sysusers], timeout=300, network=False)
+            except CommandError as e:
+                raise StepFailedError(f"systemd-sysusers failed for the bundle's accounts: {e}") from e
+
+        changes = recorder.run("systemd-sysusers", make_accounts)
+        records.append(
+            ledger.StepRecord("accounts", "systemd-sysusers", Stage.DEPLOY.value, "ok", {}, changes)
+        )
+    hashes = {u.name: u.password_hash for u in bundle.users if u.password_hash}
+    if hashes:
+
+        def set_hashes() -> None:
+            set_password_hashes(new_root / "etc", hashes)
+
+        changes = recorder.run("password-hash", set_hashes)
+        records.append(ledger.StepRecord("accounts", "password-hash", Stage.DEPLOY.value, "ok", {}, changes))
+    return records
+
+
+def finish_etc(bundle: Bundle, new_root: Path, report: Report) -> None:
+    """Checks the new /etc must pass before the deployment may become the default."""
+    fstab.verify(new_root / "etc/fstab")

@@ -76,6 +76,10 @@ def run_compose_hooks(bundle: Bundle, hooks: tuple[Hook, ...], tree: Path) -> No
         _run_hook(bundle, hook, Sandbox.compose(tree, bundle.root), network=False)
 
 
+def run_hook_in(bundle: Bundle, hook: Hook, sandbox: Sandbox) -> StepResult:
+    return _run_hook(bundle, hook, sandbox, network=hook.network)
+
+
 def run_deploy_hook(bundle: Bundle, hook: Hook, deployment: Path, var: Path) -> StepResult:
     """A deploy hook in the new deployment: its /etc writable, /usr and /var read-only."""
     return _run_hook(bundle, hook, Sandbox.deploy(deployment, var, bundle.root), network=hook.network)
@@ -102,10 +106,13 @@ def playbook_argv(playbook: Playbook) -> list[str]:
 
 
 def run_playbook(bundle: Bundle, playbook: Playbook, deployment: Path, var: Path) -> StepResult:
+    return run_playbook_in(bundle, playbook, deployment, Sandbox.deploy(deployment, var, bundle.root))
+
+
+def run_playbook_in(bundle: Bundle, playbook: Playbook, deployment: Path, sandbox: Sandbox) -> StepResult:
     where = f"playbook {playbook.playbook} ({_where(bundle, playbook.location)})"
     if not any((deployment / d / "ansible-playbook").exists() for d in ("usr/bin", "usr/local/bin")):
         raise StepFailedError(f"{where}: the OS tree has no ansible-playbook; the OS must ship Ansible")
-    sandbox = Sandbox.deploy(deployment, var, bundle.root)
     try:
         done = run_in_sandbox(
             sandbox,

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from tether import ledger
 from tether.compose import compose_ref
 from tether.edge.ostree import Sysroot, clear_immutable
 from tether.errors import TetherError, UsageError
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from tether.upgrade import BundleSource, Selection
 
 _DEPLOYMENT_NAME = re.compile(r"[0-9a-f]{64}\.[0-9]+")
+_LEDGER_ID = re.compile(r"[0-9a-f]{32}(?![0-9a-f])")  # what ledger.new_id() makes, heading a name
 
 
 class SysrootSession:
@@ -118,3 +120,31 @@ def remove_unreferenced_deployments(sysroot: Sysroot, stateroot: str) -> list[st
             entry.unlink()
         removed.append(name)
     return removed
+
+
+def remove_unreferenced_ledger_entries(sysroot: Sysroot, stateroot: str) -> list[str]:
+    """Ledger entries and step logs no listed deployment references, and half-written temporaries.
+
+    A crash after the deploy steps and before the switch leaves them; the lock is
+    held, so no other run is writing any of them.
+    """
+    var = sysroot.stateroot_var(stateroot)
+    live = {d.origin_value("tether", "ledger-id") for d in sysroot.deployments() if d.stateroot == stateroot}
+    recorded: set[str] = set()
+    for directory in (ledger.ledger_dir(var), var / ledger.LOG_DIR):
+        if directory.is_dir():
+            recorded |= {m[0] for p in directory.iterdir() if (m := _LEDGER_ID.match(p.name))}
+    removed = sorted(recorded - live)
+    for ledger_id in removed:
+        ledger.remove(var, ledger_id)
+    for directory in (ledger.ledger_dir(var), var / ledger.BLOB_DIR):
+        if directory.is_dir():
+            for temporary in directory.glob(".*.tmp"):
+                temporary.unlink(missing_ok=True)
+    return removed
+
+
+def remove_crash_leftovers(sysroot: Sysroot, stateroot: str) -> None:
+    """What a run killed before its switch left: deployment directories, ledger entries."""
+    remove_unreferenced_deployments(sysroot, stateroot)
+    remove_unreferenced_ledger_entries(sysroot, stateroot)

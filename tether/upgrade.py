@@ -14,16 +14,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether import ledger
+from tether.accounts import account_names
 from tether.bundle.manifest import load_bundle
 from tether.bundle.model import Bundle, Hook, Playbook, Stage
-from tether.compose import KEY_BUNDLE_NAME, KEY_BUNDLE_VERSION, KEY_KARGS, KEY_OS_COMMITS, KEY_OS_REF, compose
+from tether.compose import (
+    KEY_BUNDLE_NAME,
+    KEY_BUNDLE_VERSION,
+    KEY_KARGS,
+    KEY_KARGS_ABSENT,
+    KEY_OS_COMMITS,
+    KEY_OS_REF,
+    compose,
+)
 from tether.edge.ostree import Deployment, OstreeError, Repo, Sysroot
 from tether.errors import NotBoundError, NoUpdateError, TetherError, UsageError, VerificationError
+from tether.etcstate import snapshot
 from tether.faults import checkpoint
 from tether.plan.etc import merge_records
 from tether.plan.kargs import KargPlan, plan_kargs
 from tether.plan.tree import BUNDLE_COPY
-from tether.reconcile import EtcOutcome, StepRecorder, enforce_files, reset_previous
+from tether.reconcile import StepRecorder, finish_etc, prepare_etc, run_sysusers
 from tether.steps import StepResult, run_deploy_hook, run_playbook
 from tether.sysroot import SysrootSession, origin_for, remove_crash_leftovers
 
@@ -102,10 +112,22 @@ def select(repo: Repo, source: BundleSource, *, metadata_only: bool, progress: b
             f"none of which can be found on remote {source.remote}"
         )
     chosen = max(found)[1]
+    _check_ref_binding(repo, chosen, os_ref)
     note = None
     if os_head is not None:
         note = f"OS ref {os_ref} is at {os_head[:12]}, which bundle {source.ref} is not bound to yet"
     return Selection(bundle_commit, chosen, os_ref, os_head, note)
+
+
+def _check_ref_binding(repo: Repo, os_commit: str, os_ref: str) -> None:
+    # pulled by checksum, so libostree did not check it: a commit made for another ref
+    # (another product, a testing branch) must not pass for one of this OS ref
+    binding = [str(r) for r in repo.commit(os_commit).metadata.get("ostree.ref-binding", [])]
+    if binding and os_ref not in binding:
+        raise VerificationError(
+            f"OS commit {os_commit[:12]} is bound to ref(s) {', '.join(binding)}, not to {os_ref}: "
+            "refusing it (ostree.ref-binding)"
+        )
 
 
 def _check_downgrade(repo: Repo, current_os: str | None, new_os: str, allow: bool) -> None:
@@ -119,7 +141,7 @@ def _check_downgrade(repo: Repo, current_os: str | None, new_os: str, allow: boo
 
 
 def pull_selected(repo: Repo, source: BundleSource, selection: Selection, progress: bool) -> None:
-    repo.pull(source.remote, [source.ref], progress=progress)
+    """The OS commit in full; `select` (without metadata_only) already pulled the bundle in full."""
     if selection.os_commit == selection.os_head:
         repo.pull(source.remote, [selection.os_ref], progress=progress)
     else:
@@ -148,7 +170,10 @@ def deploy_pair(
     previous = _ledger_of(var, merge)
     current_kargs = merge.kernel_arguments if merge is not None else admin_kargs
     declared = repo.commit(composed.checksum).metadata.get(KEY_KARGS, [])
-    kargs = plan_kargs(current_kargs, previous.kargs_added if previous else (), [str(k) for k in declared])
+    absent = [str(k) for k in repo.commit(composed.checksum).metadata.get(KEY_KARGS_ABSENT, [])]
+    kargs = plan_kargs(
+        current_kargs, previous.kargs_added if previous else (), [str(k) for k in declared], absent
+    )
 
     ledger_id = ledger.new_id()
     origin = origin_for(source, selection, composed.content_id, ledger_id)
@@ -159,13 +184,16 @@ def deploy_pair(
         checkpoint("deployed-tree")
         root = sysroot.deployment_dir(deployment)
         bundle = load_bundle(root / BUNDLE_COPY)
-        etc = EtcOutcome()
-        if previous is not None and merge is not None:
-            live_etc = sysroot.deployment_dir(merge) / "etc"
-            etc = reset_previous(previous, live_etc, root, var, ledger_id, report)
-        etc.enforced = enforce_files(bundle, root, var, ledger_id, report)
+        live_etc = sysroot.deployment_dir(merge) / "etc" if merge is not None else None
+        if live_etc is not None:
+            ledger.write_etc_snapshot(var, ledger_id, snapshot(live_etc))
+        etc = prepare_etc(bundle, previous, live_etc, root, var, ledger_id, report)
         recorder = StepRecorder(root, var)
-        steps = _run_deploy_steps(bundle, root, var, ledger_id, recorder, report)
+        accounts_before = account_names(root / "etc")
+        steps = run_sysusers(bundle, root, var, recorder, report)
+        steps += _run_deploy_steps(bundle, root, var, ledger_id, recorder, report)
+        made = account_names(root / "etc") - accounts_before
+        finish_etc(bundle, root, report)
         ledger.write(
             var,
             ledger.LedgerEntry(
@@ -179,6 +207,7 @@ def deploy_pair(
                 resets=tuple(etc.resets),
                 conflicts=tuple(etc.conflicts),
                 enforced=tuple(etc.enforced),
+                accounts=tuple(sorted(made | (set(previous.accounts) if previous else set()))),
             ),
         )
         checkpoint("ledger-written")

@@ -177,6 +177,30 @@ class Repo:
             _, root, checksum = self._repo.read_commit(rev, None)
         return RepoTree(self._repo, root, checksum)
 
+    def verify_metadata(self, rev: str) -> None:
+        """Check a commit's metadata objects (commit, dirtrees, dirmetas) against their checksums.
+
+        A pull skips objects the repository has, and reading a tree does not check
+        them, so a corrupted local dirtree would read as a wrong tree. File contents
+        are not checked here: that is `ostree fsck`'s job.
+        """
+        checksum = self.resolve(rev)
+        if checksum is None:
+            raise OstreeError(f"no commit {rev} in {self.path}")
+        metadata_types = (OSTree.ObjectType.COMMIT, OSTree.ObjectType.DIR_TREE, OSTree.ObjectType.DIR_META)
+        try:
+            _, reachable = self._repo.traverse_commit(checksum, 0, None)
+            for name in reachable:
+                object_checksum, kind = name.unpack()
+                object_type = OSTree.ObjectType(kind)
+                if object_type in metadata_types:
+                    self._repo.fsck_object(object_type, object_checksum, None)
+        except GLib.Error as e:
+            raise OstreeError(
+                f"commit {checksum[:12]} is corrupted in repository {self.path}: {e.message}; "
+                f"delete the corrupted object (ostree fsck --repo={self.path} --delete) and run again"
+            ) from e
+
     def root_checksums(self, checksum: str) -> tuple[str, str]:
         """The (dirtree, dirmeta) checksums of a commit's root directory."""
         with _glib_errors(f"loading commit {checksum}"):
@@ -278,6 +302,14 @@ class Repo:
                 self._repo.transaction_set_ref(None, ref, checksum)
         return str(checksum)
 
+    def checkout_to_read(self, rev: str, destination: Path) -> None:
+        """Check a commit out in-process, to be read only: files may be hardlinks into the repository."""
+        checksum = self.resolve(rev)
+        if checksum is None:
+            raise OstreeError(f"no commit {rev} in {self.path}")
+        with _glib_errors(f"checking out {rev} to {destination}"):
+            self._repo.checkout_at(None, -100, str(destination), checksum, None)
+
     def checkout(self, rev: str, destination: Path) -> None:
         """Check a commit out as real copies, never hardlinks into the repository.
 
@@ -308,6 +340,11 @@ class Repo:
         except GLib.Error:
             return None
         return str(url)
+
+    def remote_gpg_verify(self, name: str) -> bool:
+        with _glib_errors(f"reading remote {name}"):
+            _, verify = self._repo.remote_get_gpg_verify(name)
+        return bool(verify)
 
     def remotes(self) -> list[str]:
         return [str(r) for r in (self._repo.remote_list() or [])]
@@ -687,6 +724,7 @@ class Sysroot:
         kernel_arguments: Iterable[str],
     ) -> Deployment:
         """Check out, merge /etc and write the origin; the boot list is not touched."""
+        self.repo.verify_metadata(checksum)  # checkout trusts what it reads
         keyfile = GLib.KeyFile.new()
         for group, values in origin.items():
             for key, value in values.items():
@@ -697,14 +735,26 @@ class Sysroot:
             )
         return self._wrap(handle, self._sysroot.get_booted_deployment())
 
-    def discard(self, deployment: Deployment) -> None:
-        """Remove a deployment that was never written to the deployment list."""
+    def discard(self, deployment: Deployment) -> bool:
+        """Remove a deployment that was never written to the deployment list.
+
+        One that is in the list (the failure came after the switch) is kept, and
+        so is one when the list cannot be read: an unreferenced directory is
+        removed by the next run, a referenced one would not boot. True if removed.
+        """
+        try:
+            self._sysroot.load(None)
+        except GLib.Error:
+            return False
+        if any(d.stateroot == deployment.stateroot and d.name == deployment.name for d in self.deployments()):
+            return False
         directory = self.deployment_dir(deployment)
         if directory.exists():
             clear_immutable(directory)
             shutil.rmtree(directory)
         origin = directory.with_name(directory.name + ".origin")
         origin.unlink(missing_ok=True)
+        return True
 
     def write_deployments(self, deployments: list[Deployment]) -> None:
         with _glib_errors("writing the deployment list"), _stdout_to_log("cleanup"):

@@ -46,6 +46,7 @@ def run(
     log_output: bool = False,
     interactive: bool = False,
     what: str | None = None,
+    shown: Sequence[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `cmd` and wait for it.
 
@@ -56,7 +57,9 @@ def run(
     `CommandTimeoutError` raised, whatever `check` says; a missing program raises
     `CommandError` with return code 127. `interactive` leaves the terminal to the
     command (a debug shell): same process group, inherited stdin, no capture.
-    `what` names the command in error messages (default: the program's name).
+    `what` names the command in error messages (default: the program's name);
+    `shown` is the command their reproducer gives when `cmd` only wraps it (a
+    launcher that sets limits up).
     """
     argv = [os.fspath(arg) for arg in cmd]
     if not argv:
@@ -64,6 +67,7 @@ def run(
     if interactive and (capture or log_output or input is not None):
         raise ValueError("an interactive command cannot have its input or output captured")
     subject = what or os.path.basename(argv[0])
+    reproduce = [os.fspath(arg) for arg in shown] if shown is not None else argv
     log.debug("+ %s", shlex.join(argv))
 
     pipe_output = capture or log_output
@@ -83,10 +87,10 @@ def run(
         if cwd is not None and not os.path.isdir(cwd):
             raise CommandError(f"cannot run {subject}: working directory {cwd} does not exist") from e
         message = f"{subject}: program {argv[0]!r} not found"
-        raise CommandError(_with_reproducer(message, argv, env, cwd), returncode=127) from e
+        raise CommandError(_with_reproducer(message, reproduce, env, cwd), returncode=127) from e
     except PermissionError as e:
         message = f"{subject}: program {argv[0]!r} cannot be executed ({e.strerror})"
-        raise CommandError(_with_reproducer(message, argv, env, cwd), returncode=126) from e
+        raise CommandError(_with_reproducer(message, reproduce, env, cwd), returncode=126) from e
 
     encoded_input = input.encode() if input is not None else None
     if interactive:
@@ -105,14 +109,14 @@ def run(
         assert timeout is not None
         message = f"{subject} timed out after {_seconds(timeout)} and was killed"
         raise CommandTimeoutError(
-            _with_reproducer(message, argv, env, cwd, stdout, stderr, pipe_output),
+            _with_reproducer(message, reproduce, env, cwd, stdout, stderr, pipe_output),
             returncode=returncode,
             timeout=timeout,
         )
     if check and returncode != 0:
         message = f"{subject} {describe_returncode(returncode)}"
         raise CommandError(
-            _with_reproducer(message, argv, env, cwd, stdout, stderr, pipe_output), returncode=returncode
+            _with_reproducer(message, reproduce, env, cwd, stdout, stderr, pipe_output), returncode=returncode
         )
     return result
 

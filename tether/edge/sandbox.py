@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tether.edge.cgroup import pids_limited
 from tether.edge.run import run
 from tether.errors import TetherError
 
@@ -121,18 +122,19 @@ def run_in_sandbox(
 
     Past `timeout` seconds the whole sandbox is killed (`CommandTimeoutError`); a
     non-zero exit raises `CommandError` unless `check` is false. Processes the step
-    leaves in the background die with it. `env` adds variables to the fresh
-    environment.
+    leaves in the background die with it, and it has at most `PIDS_MAX` processes
+    (`tether.edge.cgroup`). `env` adds variables to the fresh environment.
     """
     command = bwrap_command(sandbox, argv, network=network, env=env)
-    with _cleaned_mount_points(sandbox):
+    with _cleaned_mount_points(sandbox), pids_limited() as launcher:
         return run(
-            command,
+            [*launcher, *command],
             capture=True,
             log_output=True,
             timeout=timeout,
             check=check,
             what=f"{argv[0]} (sandboxed in {sandbox.root})",
+            shown=command,
         )
 
 
