@@ -91,14 +91,13 @@ def compose(
         raise UsageError(f"no bundle commit {bundle_rev} in {repo.path}")
     if os_commit not in bound_os_commits(repo, bundle_commit):
         raise NotBoundError(f"bundle commit {bundle_commit} is not bound to OS commit {os_commit}")
-    for checksum in (os_commit, bundle_commit):
-        repo.verify_metadata(checksum)  # the trees are read below, and a pull does not check them
-
     content = content_id(os_commit, bundle_commit)
     ref = compose_ref(content)
     cached = repo.resolve(ref)
     if cached is not None:
         return Composed(cached, content, True, os_commit, bundle_commit)
+    for checksum in (os_commit, bundle_commit):
+        repo.verify_metadata(checksum)  # the trees are read below, and a pull does not check them
 
     with tempfile.TemporaryDirectory(prefix="tether-bundle-", dir=workdir) as tmp:
         bundle = checkout_bundle(repo, bundle_commit, Path(tmp) / "bundle")

@@ -187,17 +187,31 @@ class Repo:
         checksum = self.resolve(rev)
         if checksum is None:
             raise OstreeError(f"no commit {rev} in {self.path}")
-        metadata_types = (OSTree.ObjectType.COMMIT, OSTree.ObjectType.DIR_TREE, OSTree.ObjectType.DIR_META)
+        # walk the directories from the root, not every reachable object: the cost
+        # follows the number of directories, not of files
         try:
-            _, reachable = self._repo.traverse_commit(checksum, 0, None)
-            for name in reachable:
-                object_checksum, kind = name.unpack()
-                object_type = OSTree.ObjectType(kind)
-                if object_type in metadata_types:
-                    self._repo.fsck_object(object_type, object_checksum, None)
-        except GLib.Error as e:
+            self._repo.fsck_object(OSTree.ObjectType.COMMIT, checksum, None)
+            root_tree, root_meta = self.root_checksums(checksum)
+            metas = {root_meta}
+            pending, seen = [root_tree], {root_tree}
+            while pending:
+                tree = pending.pop()
+                self._repo.fsck_object(OSTree.ObjectType.DIR_TREE, tree, None)
+                _, variant = self._repo.load_variant(OSTree.ObjectType.DIR_TREE, tree)
+                subdirs = variant.get_child_value(1)
+                for index in range(subdirs.n_children()):
+                    entry = subdirs.get_child_value(index)
+                    sub_tree = str(OSTree.checksum_from_bytes_v(entry.get_child_value(1)))
+                    metas.add(str(OSTree.checksum_from_bytes_v(entry.get_child_value(2))))
+                    if sub_tree not in seen:
+                        seen.add(sub_tree)
+                        pending.append(sub_tree)
+            for meta in metas:
+                self._repo.fsck_object(OSTree.ObjectType.DIR_META, meta, None)
+        except (GLib.Error, OstreeError) as e:
+            message = e.message if isinstance(e, GLib.Error) else str(e)
             raise OstreeError(
-                f"commit {checksum[:12]} is corrupted in repository {self.path}: {e.message}; "
+                f"commit {checksum[:12]} is corrupted in repository {self.path}: {message}; "
                 f"delete the corrupted object (ostree fsck --repo={self.path} --delete) and run again"
             ) from e
 
