@@ -102,3 +102,34 @@ def test_preview_shows_what_the_upgrade_would_do_and_changes_nothing(world: Worl
     assert "keep         /etc/hooked.conf" in result.out
     assert "shadow       /etc/app.conf" in result.out
     assert world.snapshot() == before
+
+
+def test_enabled_and_masked_units_in_their_state_are_no_drift(world: World) -> None:
+    world.publish_os()
+    world.publish_bundle(
+        "units",
+        """
+        [bundle]
+        name = "units"
+        version = "1"
+        os-ref = "exampleos/x86_64/stable"
+
+        [[unit]]
+        name = "kiosk.service"
+        source = "kiosk.service"
+        enabled = true
+
+        [[unit]]
+        name = "sshd.service"
+        enabled = "masked"
+        """,
+        {"kiosk.service": "[Service]\nExecStart=/usr/bin/true\n[Install]\nWantedBy=multi-user.target\n"},
+    )
+    assert world.install("units").code == 0
+    result = world.run("drift")
+    assert result.code == 0, result.out
+    (world.etc() / "systemd/system/multi-user.target.wants/kiosk.service").unlink()
+    (world.etc() / "systemd/system/sshd.service").unlink()
+    result = world.run("drift", "--json")
+    assert result.code == 5
+    assert {f["subject"] for f in json.loads(result.out)["findings"]} == {"kiosk.service", "sshd.service"}

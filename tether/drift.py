@@ -121,9 +121,13 @@ def _units(bundle: Bundle, root: Path) -> list[Finding]:
     tree = DeployedTree(root, live_etc=True)
     findings = []
     for unit in bundle.units:
+        # the plan removes every enablement link, then adds back those the state needs:
+        # what counts is the last edit of each path
+        final: dict[PurePosixPath, TreeSymlink | TreeRemove] = {}
         for edit in unit_edits(unit, tree, lambda source: read_source(bundle, source)):
-            if not isinstance(edit, TreeSymlink | TreeRemove) or edit.path.parts[:2] != ("usr", "etc"):
-                continue
+            if isinstance(edit, TreeSymlink | TreeRemove) and edit.path.parts[:2] == ("usr", "etc"):
+                final[edit.path] = edit
+        for edit in final.values():
             live = "/" + str(PurePosixPath("etc", *edit.path.parts[2:]))
             if isinstance(edit, TreeSymlink) and tree.readlink(edit.path) != edit.target:
                 detail = f"should be {unit.state}: {live} should link to {edit.target}"
