@@ -436,14 +436,17 @@ def act_7_rollback_and_switch() -> None:
     show_file("/etc/systemd/system/multi-user.target.wants/kiosk.service",
               etc / "systemd/system/multi-user.target.wants/kiosk.service")
     show_file("/etc/admin-note", etc / "admin-note")
+    show_file("/etc/kiosk/setup-done (the kiosk hook's file)", etc / "kiosk/setup-done")
     expect((etc / "hostname").read_text() == "signage\n", "hostname signage after the switch")
+    expect(not (etc / "kiosk/setup-done").exists(), "the kiosk hook's file gone after the switch")
     expect(not (etc / "localtime").is_symlink(), "no kiosk timezone after the switch")
     expect((etc / "admin-note").exists(), "the admin's note to survive the switch")
     kargs = deployments()[0]["kernel_arguments"]
     expect(kargs == ["root=LABEL=root"], f"kargs root=LABEL=root after the switch, got {kargs}")
     say(
         """The same machine is now a signage screen: its hostname and motd, no kiosk timezone or
-        service, no quiet karg (kiosk 1 had added it; root= was the machine's and stays), and the
+        service, no quiet karg (kiosk 1 had added it; root= was the machine's and stays), no file
+        the kiosk's deploy hook wrote (the ledger recorded it and the switch undid it), and the
         admin's note is still there. OS 2 + kiosk 2 left the boot list: a switch keeps the new
         deployment and the one it started from."""
     )
