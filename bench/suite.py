@@ -1,11 +1,15 @@
-"""The three measurements of `make bench`: compose, upgrade, peak memory.
+"""The measurements of `make bench`: compose, upgrade, peak memory, native vs Ansible, drift.
 
 1. compose: `tether.compose.compose()` in-process on a bare repository, against plain ostree
    doing the same overlay (`ostree commit --tree=ref=OS --tree=dir=OVERLAY`) and against what a
    naive tool does (check the OS out, copy the files in, commit the directory);
 2. upgrade: the `tether upgrade` CLI on an installed sysroot, against `ostree pull-local` +
    `ostree admin deploy` of the very commit tether deploys, on an identical copy of the sysroot;
-3. peak memory: the maximum resident set of those commands, from `/usr/bin/time -v`.
+3. peak memory: the maximum resident set of those commands, from `/usr/bin/time -v`;
+4. native resources vs Ansible: the same 50 changes under /etc applied by composing a bundle of
+   `[[file]]`/`[[directory]]` resources, and by the OS tree's own `ansible-playbook -c local` in
+   bubblewrap (as tether runs a bundle's playbook), first and no-change runs of each;
+5. drift: `tether.drift.drift()` in-process and the `tether drift` CLI on an installed Debian.
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from bench import fixtures
+from bench import changes, fixtures
+from bench.changes import CHANGES_BUDGET_SECONDS, ChangesRepo
 from bench.fixtures import DEBIAN, LARGE, SMALL, ComposeRepo, OsKind, Trees, UpgradeSetup
 from bench.measure import (
     Measured,
@@ -34,9 +40,15 @@ from bench.measure import (
     timed,
     top_functions,
 )
-from bench.report import ComposeResult, Report, UpgradeResult, render
+from bench.report import ChangesResult, ComposeResult, DriftResult, Report, UpgradeResult, render
+from tests.ostree_trees import count_entries
+from tether.bundle.manifest import load_bundle
+from tether.bundle.model import Bundle
 from tether.compose import COMPOSE_REF_PREFIX, compose
-from tether.edge.ostree import Repo
+from tether.drift import drift
+from tether.edge.ostree import Repo, Sysroot
+from tether.edge.sandbox import Sandbox
+from tether.steps import run_playbook_in
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORK = REPO_ROOT / "bench" / "work"
@@ -50,10 +62,14 @@ class Runs:
     baseline: int  # checkout + commit, per OS
     upgrade: int  # upgrade pairs, per OS
     profiled: int  # compose runs under cProfile
+    ansible: int  # rounds of native vs Ansible, at most: each a first and a no-change playbook run
+    native: int  # native first and no-change runs, per round
+    drift: int  # in-process drift runs
+    drift_cli: int  # `tether drift` CLI runs
 
 
-FULL = Runs(compose=21, baseline=3, upgrade=7, profiled=10)
-QUICK = Runs(compose=5, baseline=1, upgrade=1, profiled=3)
+FULL = Runs(compose=21, baseline=3, upgrade=7, profiled=10, ansible=3, native=5, drift=21, drift_cli=5)
+QUICK = Runs(compose=5, baseline=1, upgrade=1, profiled=3, ansible=1, native=3, drift=5, drift_cli=1)
 
 
 def log(message: str) -> None:
@@ -63,7 +79,7 @@ def log(message: str) -> None:
 # --- 1. compose -------------------------------------------------------------------------------
 
 
-def _forget_compositions(repo: ComposeRepo) -> None:
+def _forget_compositions(repo: ComposeRepo | ChangesRepo) -> None:
     """Make the next compose start from scratch: no cached ref, none of its objects left."""
     handle = Repo(repo.path)
     for ref in handle.refs(COMPOSE_REF_PREFIX):
@@ -71,7 +87,7 @@ def _forget_compositions(repo: ComposeRepo) -> None:
     _prune(repo)
 
 
-def _prune(repo: ComposeRepo) -> None:
+def _prune(repo: ComposeRepo | ChangesRepo) -> None:
     run_quiet(["ostree", f"--repo={repo.path}", "prune", "--refs-only"])
 
 
@@ -234,6 +250,142 @@ def startup_time(runs: int) -> tuple[Sample, Sample]:
     return bare, imports
 
 
+# --- 4. native resources vs Ansible ----------------------------------------------------------
+
+
+def _compose_changes(repo: ChangesRepo) -> None:
+    compose(Repo(repo.path), repo.os_commit, repo.bundle_commit)
+
+
+def _play(bundle: Bundle, tree: Path, changed: list[int]) -> None:
+    """The bundle's playbook as tether runs one, on a writable copy of the OS tree; note `changed=`."""
+    result = run_playbook_in(bundle, bundle.playbooks[0], tree, Sandbox.compose(tree, bundle.root))
+    changed.append(result.summary.get("changed", -1))
+
+
+def _nothing() -> None:
+    pass
+
+
+def bench_changes(runs: Runs) -> ChangesResult:
+    work = WORK / "changes"
+    log("native vs Ansible: preparing the Debian tree with Ansible, its bare repo and the two bundles")
+    repo = changes.changes_repo(work)
+    playbook_bundle = load_bundle(repo.ansible_bundle)
+    tree = work / "tree"
+    forget, native = partial(_forget_compositions, repo), partial(_compose_changes, repo)
+    native_first: list[float] = []
+    native_again: list[float] = []
+    ansible_first: list[float] = []
+    ansible_again: list[float] = []
+    changed_first: list[int] = []
+    changed_again: list[int] = []
+    timed(forget, native)  # warm-up
+    started = time.monotonic()
+    for index in range(runs.ansible):
+        elapsed = time.monotonic() - started
+        if index >= 2 and elapsed + elapsed / index > CHANGES_BUDGET_SECONDS:
+            log(f"native vs Ansible: stopping after {index} rounds, another would end past the time budget")
+            break
+        log(f"native vs Ansible: round {index + 1}/{runs.ansible}, two playbook runs on a fresh tree copy")
+        native_first += [timed(forget, native) for _ in range(runs.native)]
+        # after the native runs: the copy's writes must not weigh on them (syncfs ends a compose)
+        fixtures.remove_tree(tree)
+        fixtures.copy_tree(repo.os_root, tree)
+        ansible_first.append(timed(_nothing, partial(_play, playbook_bundle, tree, changed_first)))
+        # the last composition is still there: composing again is a cache hit
+        native_again += [timed(_nothing, native) for _ in range(runs.native)]
+        ansible_again.append(timed(_nothing, partial(_play, playbook_bundle, tree, changed_again)))
+    # what Ansible made must be what tether composed
+    composed_etc = work / "composed-etc"
+    composed_etc.mkdir()
+    run_quiet(
+        [
+            "ostree",
+            f"--repo={repo.path}",
+            "checkout",
+            f"--subpath=/usr{changes.CHANGES_ROOT}",
+            compose(Repo(repo.path), repo.os_commit, repo.bundle_commit).checksum,
+            str(composed_etc / changes.CHANGES_ROOT.removeprefix("/etc/")),
+        ]
+    )
+    same = changes.etc_image(composed_etc) == changes.etc_image(tree / "usr/etc")
+    fixtures.remove_tree(tree)
+    return ChangesResult(
+        entries=repo.entries,
+        native_first=Sample(tuple(native_first)),
+        native_again=Sample(tuple(native_again)),
+        ansible_first=Sample(tuple(ansible_first)),
+        ansible_again=Sample(tuple(ansible_again)),
+        changed_first=tuple(changed_first),
+        changed_again=tuple(changed_again),
+        same_result=same,
+    )
+
+
+# --- 5. drift ---------------------------------------------------------------------------------
+
+
+IMPORT_DRIFT = "import tether.cli, tether.drift"  # what the `tether drift` CLI imports
+
+
+def _drift(sysroot: Path) -> None:
+    drift(sysroot, fixtures.STATEROOT)
+
+
+def _drift_cli(cmd: list[str]) -> None:
+    """`tether drift`: exit 0 (no drift) or 5 (drift found) are both a run that worked."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode not in (0, 5):
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+
+
+def bench_drift(trees: Trees, runs: Runs) -> DriftResult:
+    work = WORK / "drift"
+    log("drift: installing the Debian tree with a bundle (files, a unit, kargs, a deploy hook), upgrading")
+    sysroot = changes.drift_machine(trees, work)
+    # nothing has drifted on this machine: whatever drift() finds is reported as a false finding
+    deployment, findings = drift(sysroot, fixtures.STATEROOT)
+    handle = Sysroot(sysroot)
+    handle.load()
+    root = handle.deployment_dir(deployment)
+    deployments = len(handle.deployments())
+    log(f"drift: {runs.drift} in-process runs, {runs.drift_cli} CLI runs")
+    in_process = repeat(runs.drift, _nothing, partial(_drift, sysroot))
+    # the CLI, with Python's start-up and tether's imports alone in alternation, to split its time
+    commands = (
+        partial(_drift_cli, [*fixtures.tether_command(), "drift", "--sysroot", str(sysroot)]),
+        partial(run_quiet, [sys.executable, "-c", "pass"]),
+        partial(run_quiet, [sys.executable, "-c", IMPORT_DRIFT]),
+    )
+    series: tuple[list[float], ...] = ([], [], [])
+    for index in range(runs.drift_cli + 1):  # round 0 warms up
+        for values, command in zip(series, commands, strict=True):
+            seconds = timed(_nothing, command)
+            if index > 0:
+                values.append(seconds)
+    whole, python_start, imports = (Sample(tuple(values)) for values in series)
+    profiler = cProfile.Profile()
+    for _ in range(runs.profiled):
+        settle()
+        profiler.enable()
+        _drift(sysroot)
+        profiler.disable()
+    profile = top_functions(pstats.Stats(profiler), TETHER_PACKAGE, runs.profiled, limit=12)
+    result = DriftResult(
+        etc_entries=count_entries(root / "etc"),
+        deployments=deployments,
+        findings=tuple(f"{f.kind} {f.subject}" for f in findings),
+        in_process=in_process,
+        cli=whole,
+        python_start=python_start,
+        imports=imports,
+        profile=profile,
+    )
+    fixtures.remove_tree(work)
+    return result
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -257,6 +409,8 @@ def main(argv: list[str]) -> int:
     compose_profile = profile_compose(small_repo, runs.profiled)
 
     upgrade_results = [bench_upgrade(trees, kind, runs) for kind in (SMALL, DEBIAN)]
+    changes_result = bench_changes(runs)
+    drift_result = bench_drift(trees, runs)
     log("tether start-up")
     python_start, tether_imports = startup_time(max(runs.baseline, 3))
 
@@ -268,6 +422,8 @@ def main(argv: list[str]) -> int:
         upgrade=upgrade_results,
         python_start=python_start,
         tether_imports=tether_imports,
+        changes=changes_result,
+        drift=drift_result,
         duration=time.monotonic() - started,
         quick=args.quick,
     )
