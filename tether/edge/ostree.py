@@ -238,17 +238,21 @@ class Repo:
         with _glib_errors("committing the transaction"):
             self._repo.commit_transaction(None)
 
-    def _write_commit(
+    def _commit(
         self,
         mtree: Any,
+        fill: Callable[[], None],
         *,
+        what: str,
         ref: str | None,
         parent: str | None,
         subject: str,
         metadata: Mapping[str, MetadataValue],
         timestamp: int,
     ) -> str:
-        with self.transaction(), _glib_errors("writing commit"):
+        """One transaction: `fill` writes the objects into `mtree`, then the commit and its ref."""
+        with self.transaction(), _glib_errors(what):
+            fill()
             _, root = self._repo.write_mtree(mtree, None)
             _, checksum = self._repo.write_commit_with_time(
                 parent, subject, None, _metadata_variant(metadata), root, timestamp, None
@@ -277,15 +281,20 @@ class Repo:
             )
         modifier = OSTree.RepoCommitModifier.new(flags, None, None)
         mtree = OSTree.MutableTree.new()
-        with self.transaction(), _glib_errors(f"committing {directory}"):
+
+        def fill() -> None:
             self._repo.write_directory_to_mtree(Gio.File.new_for_path(str(directory)), mtree, modifier, None)
-            _, root = self._repo.write_mtree(mtree, None)
-            _, checksum = self._repo.write_commit_with_time(
-                parent, subject, None, _metadata_variant(metadata), root, timestamp, None
-            )
-            if ref:
-                self._repo.transaction_set_ref(None, ref, checksum)
-        return str(checksum)
+
+        return self._commit(
+            mtree,
+            fill,
+            what=f"committing {directory}",
+            ref=ref,
+            parent=parent,
+            subject=subject,
+            metadata=metadata,
+            timestamp=timestamp,
+        )
 
     def compose(
         self,
@@ -304,17 +313,22 @@ class Repo:
         """
         with _glib_errors(f"loading {base}"):
             mtree = OSTree.MutableTree.new_from_commit(self._repo, base)
-        with self.transaction(), _glib_errors("composing"):
+
+        def fill() -> None:
             editor = _TreeEditor(self._repo, mtree)
             for edit in edits:
                 editor.apply(edit)
-            _, root = self._repo.write_mtree(mtree, None)
-            _, checksum = self._repo.write_commit_with_time(
-                None, subject, None, _metadata_variant(metadata), root, timestamp, None
-            )
-            if ref:
-                self._repo.transaction_set_ref(None, ref, checksum)
-        return str(checksum)
+
+        return self._commit(
+            mtree,
+            fill,
+            what="composing",
+            ref=ref,
+            parent=None,
+            subject=subject,
+            metadata=metadata,
+            timestamp=timestamp,
+        )
 
     def checkout_to_read(self, rev: str, destination: Path) -> None:
         """Check a commit out in-process, to be read only: files may be hardlinks into the repository."""
