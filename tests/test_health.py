@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.world import World
 from tether.health import (
     FAILED,
     GOOD,
@@ -86,3 +87,30 @@ def test_record_round_trip(tmp_path: Path) -> None:
     write_record(tmp_path, record)
     assert read_record(tmp_path)["deployments"]["abc"]["status"] == GOOD
     assert not [p for p in (tmp_path / "lib/tether").iterdir() if p.name.startswith(".health-")]
+
+
+def test_upgrade_refuses_a_pair_that_failed_its_health_check(world: World) -> None:
+    bundle = '[bundle]\nname = "kiosk"\nversion = "{v}"\nos-ref = "exampleos/x86_64/stable"\n'
+    world.publish_os()
+    world.publish_bundle("kiosk", bundle.format(v="1"))
+    assert world.install().code == 0
+    os2 = world.publish_os()
+    bad = world.publish_bundle("kiosk", bundle.format(v="2"))
+    # what the verdict records when 2+kiosk.2 failed its first boot and was rolled back
+    var = world.sysroot / "ostree/deploy/exampleos/var"
+    failed = {
+        "status": FAILED,
+        "failed_boots": 1,
+        "version": "2+kiosk.2",
+        "os_commit": os2,
+        "bundle_commit": bad,
+        "failed_units": ["kiosk-check.service"],
+    }
+    write_record(var, {"deployments": {"ledger-id-of-2": failed}, "events": []})
+    before = world.snapshot()
+    result = world.run("upgrade")
+    assert result.code == 1, result
+    assert "failed its health check" in result.err and "kiosk-check.service" in result.err
+    assert world.snapshot() == before
+    assert world.run("upgrade", "--allow-failed").code == 0
+    assert world.status()[0]["bundle"]["version"] == "2"

@@ -77,6 +77,15 @@ def run_checks(dirs: Iterable[Path] = CHECK_DIRS, timeout: float = CHECK_TIMEOUT
 # --- the record of boots ---------------------------------------------------------------------
 
 
+def failed_pair(var: Path, os_commit: str, bundle_commit: str) -> dict[str, Any] | None:
+    """The health entry of this OS + bundle pair if it failed a boot here and never had a good one."""
+    for entry in read_record(var)["deployments"].values():
+        same = (entry.get("os_commit"), entry.get("bundle_commit")) == (os_commit, bundle_commit)
+        if same and entry.get("status") == FAILED and not entry.get("good_boots"):
+            return dict(entry)
+    return None
+
+
 def read_record(var: Path) -> dict[str, Any]:
     try:
         record: dict[str, Any] = json.loads((var / HEALTH_FILE).read_text())
@@ -199,6 +208,11 @@ def verdict(
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     entry = record["deployments"].setdefault(current.key, {})
     entry.update({"deployment": booted.name, "version": current.version, "last_boot": now})
+    # the pair, so that `tether upgrade` can refuse to deploy a failed one again
+    for field_name in ("os-commit", "bundle-commit"):
+        value = booted.origin_value("tether", field_name)
+        if value:
+            entry[field_name.replace("-", "_")] = value
     entry["status"] = GOOD if ok else FAILED
     entry["good_boots" if ok else "failed_boots"] = entry.get("good_boots" if ok else "failed_boots", 0) + 1
     if not ok:

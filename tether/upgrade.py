@@ -30,6 +30,7 @@ from tether.edge.ostree import Deployment, OstreeError, Repo, Sysroot
 from tether.errors import NotBoundError, NoUpdateError, TetherError, UsageError, VerificationError
 from tether.etcstate import snapshot
 from tether.faults import checkpoint
+from tether.health import failed_pair
 from tether.plan.etc import merge_records
 from tether.plan.kargs import KargPlan, plan_kargs
 from tether.plan.tree import BUNDLE_COPY
@@ -345,6 +346,7 @@ def upgrade(
     *,
     check: bool = False,
     allow_downgrade: bool = False,
+    allow_failed: bool = False,
     switch_to: BundleSource | None = None,
     lock_timeout: float,
     progress: bool,
@@ -385,6 +387,14 @@ def upgrade(
                 raise NoUpdateError(message)
             return Outcome(False, message, merge, selection)
         _check_downgrade(repo, current[0], selection.os_commit, allow_downgrade)
+        failed = failed_pair(sysroot.stateroot_var(stateroot), selection.os_commit, selection.bundle_commit)
+        if failed is not None and not allow_failed:
+            units = ", ".join(failed.get("failed_units", [])) or "boot-complete.target not reached"
+            raise TetherError(
+                f"refusing to deploy {failed.get('version', 'this pair')} again: it failed its health "
+                f"check on this machine ({units}) and was rolled back; publish a fixed bundle, "
+                "or pass --allow-failed"
+            )
         if check:
             return Outcome(True, _check_message(repo, var_of(sysroot, stateroot), merge, selection, here))
         if selection.note:

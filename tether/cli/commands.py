@@ -141,6 +141,7 @@ def cmd_upgrade(args: argparse.Namespace, switch: bool = False) -> int:
         args.stateroot,
         check=getattr(args, "check", False),
         allow_downgrade=args.allow_downgrade,
+        allow_failed=getattr(args, "allow_failed", False),
         switch_to=BundleSource.parse(args.bundle) if switch else None,
         lock_timeout=args.lock_timeout,
         progress=_progress(),

@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upg.add_argument("--reboot", action="store_true", help="reboot when done (refused offline)")
     upg.add_argument(
+        "--allow-failed",
+        action="store_true",
+        help="deploy an OS + bundle pair even though it failed its health check on this machine",
+    )
+    upg.add_argument(
         "--auto",
         action="store_true",
         help="do what /etc/tether/upgrade.conf's policy says (none, check, stage, apply); for the timer",
