@@ -106,7 +106,19 @@ def test_upgrade_refuses_a_pair_that_failed_its_health_check(world: World) -> No
         "bundle_commit": bad,
         "failed_units": ["kiosk-check.service"],
     }
-    write_record(var, {"deployments": {"ledger-id-of-2": failed}, "events": []})
+    installed = world.status()[0]
+    assert installed["health"] is None, "never booted: no health record"
+    origin = next((world.sysroot / "ostree/deploy/exampleos/deploy").glob("*.origin")).read_text()
+    ledger_id = next(line.split("=", 1)[1] for line in origin.splitlines() if line.startswith("ledger-id="))
+    good = {"status": GOOD, "good_boots": 3}
+    write_record(var, {"deployments": {"ledger-id-of-2": failed, ledger_id: good}, "events": []})
+    assert world.status()[0]["health"] == {
+        "status": GOOD,
+        "good_boots": 3,
+        "failed_boots": 0,
+        "failed_units": [],
+    }
+    assert "Health: good (3 good, 0 failed boot(s))" in world.run("status").out
     before = world.snapshot()
     result = world.run("upgrade")
     assert result.code == 1, result

@@ -95,6 +95,23 @@ def describe(sysroot: Sysroot, deployment: Deployment, rollback: Deployment | No
         "kernel_arguments": list(deployment.kernel_arguments),
         "steps": steps,
         "origin_refspec": deployment.origin_value("origin", "refspec"),
+        "health": _health(sysroot, deployment),
+    }
+
+
+def _health(sysroot: Sysroot, deployment: Deployment) -> dict[str, Any] | None:
+    """What the boot health verdict recorded for this deployment, if it ever booted."""
+    from tether.health import read_record
+
+    key = deployment.origin_value("tether", "ledger-id") or deployment.name
+    entry = read_record(sysroot.stateroot_var(deployment.stateroot))["deployments"].get(key)
+    if entry is None:
+        return None
+    return {
+        "status": entry.get("status"),
+        "good_boots": entry.get("good_boots", 0),
+        "failed_boots": entry.get("failed_boots", 0),
+        "failed_units": entry.get("failed_units", []),
     }
 
 

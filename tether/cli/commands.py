@@ -186,6 +186,13 @@ def _status_text(deployments: list[dict[str, Any]]) -> str:
                 f"{s['kind']} {s['name']}: {s['status']}, owns {s['paths']} /etc path(s)" for s in d["steps"]
             )
             lines.append(f"        Steps: {steps}")
+        health = d.get("health")
+        if health:
+            failed = f", failed: {', '.join(health['failed_units'])}" if health["failed_units"] else ""
+            lines.append(
+                f"       Health: {health['status']} ({health['good_boots']} good, "
+                f"{health['failed_boots']} failed boot(s){failed})"
+            )
     return "\n".join(lines)
 
 
