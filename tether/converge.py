@@ -24,7 +24,7 @@ from tether.bundle.manifest import load_bundle, read_source
 from tether.bundle.model import Bundle, Hook, Playbook, Stage
 from tether.edge.run import run
 from tether.edge.sandbox import Sandbox
-from tether.errors import StepFailedError, UsageError
+from tether.errors import UsageError
 from tether.etcstate import Image, diff, image_of, snapshot
 from tether.plan.tree import BUNDLE_COPY
 from tether.plan.var import MadeRecord, VarAction, VarResource, decide
@@ -209,12 +209,11 @@ def reconcile_var(
         resource, record = declared.get(key), made.get(key)
         path = var / PurePosixPath(key).relative_to("/var")
         if (resource and resource.kind == "swap") or (record and record.swap_uuid is not None):
-            _reconcile_swap(path, resource, record, made, online, result, report)
+            _reconcile_swap(key, path, resource, record, made, online, result, report)
             continue
         current = image_of(path)
-        content_sha = hashlib.sha256(resource.content).hexdigest() if resource and resource.content else None
-        if resource is not None and resource.kind == "file" and resource.content == b"":
-            content_sha = hashlib.sha256(b"").hexdigest()
+        content = resource.content if resource is not None else None
+        content_sha = hashlib.sha256(content).hexdigest() if content is not None else None
         action = decide(resource, record, current, content_sha)
         if action in (VarAction.CREATE, VarAction.UPDATE):
             assert resource is not None
@@ -242,6 +241,7 @@ def reconcile_var(
 
 
 def _reconcile_swap(
+    key: str,
     path: Path,
     resource: VarResource | None,
     record: MadeRecord | None,
@@ -250,8 +250,6 @@ def _reconcile_swap(
     result: ConvergeResult,
     report: Report,
 ) -> None:
-    key = str(PurePosixPath("/var") / path.name) if record is None else record.path
-    key = str(resource.path) if resource is not None else key
     current = _swap_image(path)
     ours = record is not None and current == record.image and swap_uuid(path) == record.swap_uuid
     if resource is None:
@@ -351,10 +349,7 @@ def converge(
         ledger_id = current.origin_value("tether", "ledger-id")
         entry = ledger.read(var, ledger_id) if ledger_id else None
         if entry is not None and not entry.boot_done:
-            try:
-                updated = run_boot_steps(bundle, root, var, entry, report)
-            except StepFailedError:
-                raise
+            updated = run_boot_steps(bundle, root, var, entry, report)
             previous = next((d for d in deployments if d.name != current.name), None)
             if previous is not None:
                 result.late_edits = report_late_edits(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -97,19 +96,10 @@ def read_record(var: Path) -> dict[str, Any]:
 
 
 def write_record(var: Path, record: dict[str, Any]) -> None:
-    path = var / HEALTH_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".health-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from tether.ledger import write_atomically
+
+    data = json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
+    write_atomically(var / HEALTH_FILE, data)
 
 
 # --- the verdict -----------------------------------------------------------------------------

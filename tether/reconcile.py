@@ -138,8 +138,16 @@ class StepRecorder:
     def __init__(self, new_root: Path, var: Path) -> None:
         self.etc = new_root / "etc"
         self.var = var
-        self.defaults: Snapshot = snapshot(new_root / "usr/etc")
+        self._defaults_root = new_root / "usr/etc"
+        self._defaults: Snapshot | None = None
         self.records: list[PathRecord] = []
+
+    @property
+    def defaults(self) -> Snapshot:
+        # hashed only when a step runs: most upgrades have none
+        if self._defaults is None:
+            self._defaults = snapshot(self._defaults_root)
+        return self._defaults
 
     def _keep_local_versions(self, before: Snapshot) -> None:
         # what is not an OS default may be the admin's own edit: keep its bytes so a

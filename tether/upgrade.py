@@ -396,7 +396,9 @@ def upgrade(
                 "or pass --allow-failed"
             )
         if check:
-            return Outcome(True, _check_message(repo, var_of(sysroot, stateroot), merge, selection, here))
+            return Outcome(
+                True, _check_message(repo, sysroot.stateroot_var(stateroot), merge, selection, here)
+            )
         if selection.note:
             report(selection.note)
         pull_selected(repo, source, selection, progress)
@@ -410,10 +412,6 @@ def upgrade(
         selection,
         kplan,
     )
-
-
-def var_of(sysroot: Sysroot, stateroot: str) -> Path:
-    return sysroot.stateroot_var(stateroot)
 
 
 def describe_pair(repo: Repo, composed: str) -> str:
